@@ -1,0 +1,16 @@
+"""The detector registry: `detectors/<name>.py` defines the detector `<name>`."""
+
+from __future__ import annotations
+
+from aigi.detectors.base import Detector
+from aigi.pipeline.plugins import Registry
+
+registry: Registry[Detector] = Registry("aigi.detectors", Detector, "detector")
+
+
+def names() -> list[str]:
+    return registry.names()
+
+
+def get(name: str) -> type[Detector]:
+    return registry.get(name)

@@ -1,0 +1,149 @@
+"""Tiny random-weight diffusion components built offline from config, for tests and the demo.
+
+Everything here is saved with `save_pretrained` and meant to be loaded back through the same
+`from_pretrained` path a real model uses. Nothing is downloaded: the tokenizer is a byte-level
+BPE vocabulary written by hand (design.md §6). These models are random-weight stand-ins; their
+images and features are smoke-test data, not science.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+TOKENIZER_MAX_LENGTH = 77
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def build_clip_tokenizer(folder: str | Path, merges: list[tuple[str, str]] | None = None) -> Path:
+    """Write a CLIP byte-level BPE tokenizer (vocab.json, merges.txt) to `folder` and save it.
+
+    Vocabulary layout as in CLIP: the 256 byte symbols, the same with `</w>`, each merge result,
+    then the two special tokens. Returns the folder; the vocabulary size is 514 + len(merges).
+    """
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = list(_bytes_to_unicode().values())
+    vocab_list = symbols + [s + "</w>" for s in symbols]
+    merges = list(merges or [("p", "h"), ("t", "h"), ("th", "e</w>"), ("o", "f</w>")])
+    for a, b in merges:
+        vocab_list.append(a + b)
+    vocab_list += [BOS, EOS]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
+    )
+    tok = CLIPTokenizer(
+        vocab=str(folder / "vocab.json"),
+        merges=str(folder / "merges.txt"),
+        model_max_length=TOKENIZER_MAX_LENGTH,
+    )
+    tok.save_pretrained(folder)
+    return folder
+
+
+def tiny_stable_diffusion(
+    folder: str | Path,
+    *,
+    seed: int = 0,
+    block_out_channels: tuple[int, ...] = (32, 64),
+    scheduler: str = "DDIMScheduler",
+    sample_size: int = 8,
+    cross_attention_dim: int = 32,
+    extra_scheduler_config: dict[str, Any] | None = None,
+) -> Path:
+    """Save a tiny, random-weight StableDiffusionPipeline to `folder`.
+
+    The VAE has 4 down blocks, so the latent factor is the real ×8 and latents have 4 channels;
+    the scheduler uses SD's scaled-linear β schedule. `sample_size` is the UNet's latent size.
+    """
+    import diffusers
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    torch.manual_seed(seed)  # weights only; generation uses per-image generators
+    unet = UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=block_out_channels,
+        down_block_types=("CrossAttnDownBlock2D",) + ("DownBlock2D",) * (len(block_out_channels) - 1),
+        up_block_types=("UpBlock2D",) * (len(block_out_channels) - 1) + ("CrossAttnUpBlock2D",),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=4,
+        norm_num_groups=16,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=sample_size * 8,
+        scaling_factor=0.18215,
+    )
+    tok_dir = build_clip_tokenizer(folder / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=cross_attention_dim,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=TOKENIZER_MAX_LENGTH,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            projection_dim=cross_attention_dim,
+        )
+    )
+    sched_cls = getattr(diffusers, scheduler)
+    sched_kwargs: dict[str, Any] = dict(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+    )
+    accepted = inspect.signature(sched_cls.__init__).parameters
+    # SD's own scheduler configs set these; without them diffusers warns on every load.
+    sched_kwargs.update({k: v for k, v in (("steps_offset", 1), ("clip_sample", False)) if k in accepted})
+    sched_kwargs.update(extra_scheduler_config or {})
+    sched = sched_cls(**sched_kwargs)
+    pipe = StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    return folder

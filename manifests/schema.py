@@ -1,0 +1,213 @@
+"""Arrow schemas of every table aigi writes. Schemas are code: versioned, checked on read."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A named, versioned Arrow schema.
+
+    `image_columns` are struct<bytes, path> columns marked as Hugging Face `Image` features, so
+    `datasets.load_dataset("parquet", ...)` decodes them to PIL images.
+    """
+
+    name: str
+    version: int
+    arrow: pa.Schema
+    image_columns: tuple[str, ...] = ()
+    uncompressed: tuple[str, ...] = field(default=())
+
+    def hf_metadata(self) -> bytes | None:
+        if not self.image_columns:
+            return None
+        features = {}
+        for f in self.arrow:
+            if f.name in self.image_columns:
+                features[f.name] = {"_type": "Image"}
+            else:
+                features[f.name] = {"_type": "Value", "dtype": _hf_dtype(f.type)}
+        return json.dumps({"info": {"features": features}}).encode()
+
+
+def _hf_dtype(t: pa.DataType) -> str:
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_binary(t):
+        return "binary"
+    if pa.types.is_floating(t):
+        return {16: "float16", 32: "float32", 64: "float64"}[t.bit_width]
+    if pa.types.is_integer(t):
+        return str(t)  # int8, int16, uint64, ... are spelled the same in Arrow and `datasets`
+    raise TypeError(f"no Hugging Face dtype for Arrow type {t}")
+
+
+IMAGES = Schema(
+    name="aigi.images",
+    version=1,
+    arrow=pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("image", IMAGE_STRUCT),
+            ("label", pa.int8()),
+            ("source", pa.string()),
+            ("sha256", pa.string()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("format", pa.string()),
+            ("jpeg_quality", pa.int16()),
+            ("prompt_id", pa.string()),
+            ("prompt", pa.string()),
+            ("class_id", pa.int32()),
+            ("class_name", pa.string()),
+            # generation provenance (null for real images)
+            ("model", pa.string()),
+            ("revision", pa.string()),
+            ("pipeline", pa.string()),
+            ("scheduler", pa.string()),
+            ("steps", pa.int32()),
+            ("guidance", pa.float32()),
+            ("seed", pa.int64()),
+            ("dtype", pa.string()),
+            ("negative_prompt", pa.string()),
+            # real images: where the item came from, relative to its source root
+            ("origin", pa.string()),
+        ]
+    ),
+    image_columns=("image",),
+    uncompressed=("image.bytes",),
+)
+
+PROMPTS = Schema(
+    name="aigi.prompts",
+    version=1,
+    arrow=pa.schema(
+        [
+            ("prompt_id", pa.string()),
+            ("prompt", pa.string()),
+            ("class_id", pa.int32()),
+            ("class_name", pa.string()),
+            ("source", pa.string()),
+        ]
+    ),
+)
+
+HASHES = Schema(
+    name="aigi.hashes",
+    version=1,
+    arrow=pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("source", pa.string()),
+            ("label", pa.int8()),
+            ("sha256", pa.string()),
+            ("pixel_sha256", pa.string()),
+            ("phash", pa.uint64()),
+            ("dhash", pa.uint64()),
+        ]
+    ),
+)
+
+DUPLICATES = Schema(
+    name="aigi.duplicates",
+    version=1,
+    arrow=pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("dup_group", pa.string()),
+            ("group_size", pa.int32()),
+            ("keep", pa.bool_()),
+            ("drop_reason", pa.string()),
+        ]
+    ),
+)
+
+SPLITS = Schema(
+    name="aigi.splits",
+    version=1,
+    arrow=pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("source", pa.string()),
+            ("label", pa.int8()),
+            ("group", pa.string()),
+            ("split", pa.string()),
+        ]
+    ),
+)
+
+QUARANTINE = Schema(
+    name="aigi.quarantine",
+    version=1,
+    arrow=pa.schema(
+        [
+            ("stage", pa.string()),
+            ("unit", pa.string()),
+            ("item", pa.string()),
+            ("reason", pa.string()),
+        ]
+    ),
+)
+
+PREDICTIONS = Schema(
+    name="aigi.predictions",
+    version=1,
+    arrow=pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("source", pa.string()),
+            ("label", pa.int8()),
+            ("split", pa.string()),
+            ("score", pa.float64()),
+        ]
+    ),
+)
+
+METRICS = Schema(
+    name="aigi.metrics",
+    version=1,
+    arrow=pa.schema(
+        [
+            ("detector", pa.string()),
+            ("feature", pa.string()),
+            ("split", pa.string()),
+            ("generator", pa.string()),
+            ("n_real", pa.int64()),
+            ("n_fake", pa.int64()),
+            ("acc", pa.float64()),
+            ("real_acc", pa.float64()),
+            ("fake_acc", pa.float64()),
+            ("ap", pa.float64()),
+            ("auroc", pa.float64()),
+        ]
+    ),
+)
+
+
+def feature_schema(extractor: str, version: int, columns: dict[str, tuple[tuple[int, ...], str]]) -> Schema:
+    """Schema of a feature shard: image_id, the per-image seed, one fixed-size list per tensor.
+
+    `columns` maps a column name to (shape, dtype). Tensors are stored flat (row-major) as
+    fixed-size lists, readable by pyarrow, `datasets`, DuckDB and polars; the shape lives in the
+    file metadata (see aigi.features.store).
+    """
+    fields = [("image_id", pa.string()), ("seed", pa.int64())]
+    for col, (shape, dtype) in columns.items():
+        n = 1
+        for s in shape:
+            n *= int(s)
+        fields.append((col, pa.list_(pa.from_numpy_dtype(dtype), n)))
+    return Schema(name=f"aigi.features.{extractor}", version=version, arrow=pa.schema(fields))
+
+
+REGISTRY: dict[str, Schema] = {
+    s.name: s for s in (IMAGES, PROMPTS, HASHES, DUPLICATES, SPLITS, QUARANTINE, PREDICTIONS, METRICS)
+}
