@@ -27,7 +27,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, map(chr, cs)))
+    return dict(zip(bs, map(chr, cs), strict=True))
 
 
 def build_clip_tokenizer(folder: str | Path, merges: list[tuple[str, str]] | None = None) -> Path:

@@ -75,12 +75,13 @@ def convert(tp: Any, value: Any, key: str, file: str) -> Any:
         args = [a for a in get_args(tp) if a is not type(None)]
         if value is None and len(args) < len(get_args(tp)):
             return None
-        errors = []
+        if len(args) == 1:  # Optional[X]: X's own, more precise error
+            return convert(args[0], value, key, file)
         for a in args:
             try:
                 return convert(a, value, key, file)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{file}: {key}: expected {_tname_type(tp)}, got {_tname(value)} {value!r}")
     if origin is tuple:
         args = get_args(tp)
@@ -90,7 +91,7 @@ def convert(tp: Any, value: Any, key: str, file: str) -> Any:
             return tuple(convert(args[0], v, f"{key}[{i}]", file) for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{file}: {key}: expected an array of {len(args)} values, got {len(value)}")
-        return tuple(convert(a, v, f"{key}[{i}]", file) for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(convert(a, v, f"{key}[{i}]", file) for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{file}: {key}: expected a table, got {_tname(value)}")

@@ -1,0 +1,69 @@
+"""Content hashes of images: bytes, decoded pixels, and perceptual hashes (pHash, dHash).
+
+`sha256` names the stored file; `pixel_sha256` names the picture, so a PNG and a lossless WEBP of
+the same pixels are recognized as exact duplicates; `phash`/`dhash` feed near-duplicate search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import pyarrow as pa
+
+from aigi.manifests.ids import sha256_bytes
+from aigi.manifests.schema import HASHES
+
+_HASH_BITS = 64
+
+
+def _to_uint64(h: object) -> int:
+    value = int(str(h), 16)
+    if value >= 1 << _HASH_BITS:
+        raise ValueError(f"perceptual hash wider than {_HASH_BITS} bits: {h}")
+    return value
+
+
+def hash_image(data: bytes) -> dict:
+    """sha256 of the bytes, sha256 of the decoded RGB pixels (with their shape), pHash, dHash."""
+    import imagehash
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        rgb = im.convert("RGB")
+    # The shape goes into the digest so the same byte run in two shapes cannot collide.
+    pixels = hashlib.sha256(f"{rgb.height}x{rgb.width}x3:".encode())
+    pixels.update(rgb.tobytes())
+    # Perceptual hashes are taken on the same RGB pixels, so equal pixel_sha256 implies equal
+    # phash/dhash whatever the source mode (P, RGBA, L) was.
+    return {
+        "sha256": sha256_bytes(data),
+        "pixel_sha256": pixels.hexdigest(),
+        "phash": _to_uint64(imagehash.phash(rgb)),
+        "dhash": _to_uint64(imagehash.dhash(rgb)),
+    }
+
+
+def hash_rows(table: pa.Table) -> pa.Table:
+    """A HASHES table for an IMAGES table (needs columns image_id, image, label, source)."""
+    missing = [c for c in ("image_id", "image", "label", "source") if c not in table.column_names]
+    if missing:
+        raise ValueError(f"hash_rows: input lacks column(s) {missing}")
+    ids = table.column("image_id").to_pylist()
+    images = table.column("image").combine_chunks().field("bytes").to_pylist()
+    cols: dict[str, list] = {k: [] for k in ("sha256", "pixel_sha256", "phash", "dhash")}
+    for image_id, data in zip(ids, images, strict=True):
+        if not data:
+            raise ValueError(f"hash_rows: image {image_id!r} has no bytes")
+        try:
+            h = hash_image(data)
+        except Exception as exc:
+            raise ValueError(f"hash_rows: cannot hash image {image_id!r}: {exc}") from exc
+        for k, v in h.items():
+            cols[k].append(v)
+    given = {c: table.column(c).combine_chunks() for c in ("image_id", "source", "label")}
+    arrays = [
+        given[f.name].cast(f.type) if f.name in given else pa.array(cols[f.name], type=f.type)
+        for f in HASHES.arrow
+    ]
+    return pa.Table.from_arrays(arrays, schema=HASHES.arrow)

@@ -1,0 +1,133 @@
+"""Leakage-safe train/val/test splits: whole groups (prompt, class or image) go to one split.
+
+A group is split as a unit across every source: the same prompt rendered by two generators, or
+the same class seen in real and generated images, lands in one split, so a detector is never
+evaluated on a prompt or class it was trained on.
+
+Assignment is stratified by label so each split gets its share of real and of generated groups.
+For each label, the distinct groups are ordered by sha256(f"{seed}:{group}") and cut by the
+fractions (largest-remainder rounding; every split with a non-zero fraction gets at least one
+group when there are enough groups). A group that occurs under several labels (e.g. class "tench"
+for real and generated images) is decided once, in the cut of the highest label (generated
+first), and left out of the lower labels' cuts; the real-image fractions are then respected on
+the groups that only real images have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+from fractions import Fraction
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from aigi.manifests.schema import SPLITS
+
+SPLIT_NAMES = ("train", "val", "test")
+SPLIT_BY = ("prompt", "class", "image")
+
+# The key a group is named by, in fallback order, with the prefix recorded in `group`.
+_KEYS = {
+    "prompt": (("prompt:", "prompt_id"), ("class:", "class_name"), ("image:", "image_id")),
+    "class": (("class:", "class_name"), ("prompt:", "prompt_id"), ("image:", "image_id")),
+    "image": (("image:", "image_id"),),
+}
+_COLUMNS = ("image_id", "source", "label", "prompt_id", "class_name")
+
+
+def check_fractions(fractions: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Three finite, non-negative numbers summing to 1 (within 1e-6), else ValueError."""
+    fr = tuple(fractions)
+    if len(fr) != 3:
+        raise ValueError(f"split fractions: expected 3 values (train, val, test), got {len(fr)}")
+    if not all(isinstance(f, numbers.Real) and not isinstance(f, bool) and math.isfinite(f) and f >= 0 for f in fr):
+        raise ValueError(f"split fractions: must be finite and non-negative, got {fr}")
+    if abs(sum(fr) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions: must sum to 1, got {fr} (sum {sum(fr)})")
+    return fr  # type: ignore[return-value]
+
+
+def split_counts(n: int, fractions: tuple[float, float, float]) -> list[int]:
+    """How many of `n` ordered groups go to each split (largest remainder, min one per split)."""
+    exact = [Fraction(f) for f in fractions]
+    total = sum(exact)
+    quotas = [n * f / total for f in exact]  # exact rationals: no float drift in the rounding
+    counts = [math.floor(q) for q in quotas]
+    left = n - sum(counts)
+    by_remainder = sorted(range(3), key=lambda i: (-(quotas[i] - counts[i]), i))
+    for i in by_remainder[:left]:
+        counts[i] += 1
+    nonzero = [i for i in range(3) if exact[i] > 0]
+    if n >= len(nonzero):
+        for i in nonzero:
+            if counts[i] == 0:
+                # Some other split holds >= 2 here, since n >= number of non-zero splits.
+                donor = max(range(3), key=lambda j: (counts[j], -j))
+                counts[donor] -= 1
+                counts[i] += 1
+    return counts
+
+
+def _order_key(seed: int, group: str) -> str:
+    return hashlib.sha256(f"{seed}:{group}".encode()).hexdigest()
+
+
+def _group_keys(rows: pa.Table, by: str) -> pa.ChunkedArray:
+    candidates = [
+        pc.binary_join_element_wise(prefix, rows.column(col).cast(pa.string()), "")
+        for prefix, col in _KEYS[by]
+    ]
+    return candidates[0] if len(candidates) == 1 else pc.coalesce(*candidates)
+
+
+def assign_splits(
+    rows: pa.Table, by: str, fractions: tuple[float, float, float], seed: int
+) -> pa.Table:
+    """A SPLITS table: one row per input row, in input order, with its group and split.
+
+    `rows` needs columns image_id, source, label, prompt_id, class_name. Same rows and seed give
+    the same splits whatever the row order.
+    """
+    if by not in SPLIT_BY:
+        raise ValueError(f"split by: expected one of {SPLIT_BY}, got {by!r}")
+    fractions = check_fractions(fractions)
+    missing = [c for c in _COLUMNS if c not in rows.column_names]
+    if missing:
+        raise ValueError(f"assign_splits: input lacks column(s) {missing}")
+    for col in ("image_id", "label"):
+        if rows.column(col).null_count:
+            raise ValueError(f"assign_splits: column {col!r} has null values")
+
+    if rows.num_rows == 0:
+        return SPLITS.arrow.empty_table()
+
+    groups = _group_keys(rows, by)
+    labels = rows.column("label")
+    decided: list[str] = []
+    decided_split: list[int] = []
+    for label in sorted(pc.unique(labels).to_pylist(), reverse=True):
+        mine = pc.unique(pc.filter(groups, pc.equal(labels, label)))
+        if decided:
+            mine = pc.filter(mine, pc.invert(pc.is_in(mine, value_set=pa.array(decided))))
+        ordered = sorted(mine.to_pylist(), key=lambda g: (_order_key(seed, g), g))
+        counts = split_counts(len(ordered), fractions)
+        decided.extend(ordered)
+        decided_split.extend(np.repeat(np.arange(3), counts).tolist())
+
+    where = pc.index_in(groups, value_set=pa.array(decided, pa.string())).to_numpy(
+        zero_copy_only=False
+    )
+    split = pa.array(np.array(SPLIT_NAMES, dtype=object)[np.array(decided_split)[where]], pa.string())
+    return pa.Table.from_arrays(
+        [
+            rows.column("image_id").cast(pa.string()),
+            rows.column("source").cast(pa.string()),
+            labels.cast(pa.int8()),
+            groups,
+            split,
+        ],
+        schema=SPLITS.arrow,
+    )

@@ -1,0 +1,179 @@
+"""The `aigi` command line. Heavy imports happen inside the subcommands, so `--help` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from aigi.pipeline.config import parse_config, tomllib
+    from aigi.pipeline.demo import DISCLAIMER, prepare
+
+    out = Path(args.out)
+    print(DISCLAIMER)
+    print(f"building the demo's tiny models and real-photo crops under {out} (once) ...")
+    text = prepare(out)
+    config = parse_config(tomllib.loads(text), file=str(out / "config.toml"))
+    report = _run(config, text, args)
+    _print_summary(report)
+    print(DISCLAIMER)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from aigi.pipeline.config import load_config
+
+    config = load_config(args.config, out=args.out)
+    text = Path(args.config).read_text(encoding="utf-8")
+    report = _run(config, text, args)
+    _print_summary(report)
+    return 0
+
+
+def _run(config, text, args):
+    from aigi.pipeline.run import run
+
+    print(f"run directory: {Path(config.run.out).resolve()}")
+    return run(config, config_text=text, scheduler=args.scheduler, serial=args.serial)
+
+
+def _print_summary(report) -> None:
+    from aigi.manifests.rundir import RunDir
+
+    run: RunDir = report.run
+    print(f"\ndone in {report.seconds:.1f}s. Output in {run.root.resolve()}:")
+    for label, path in (
+        ("config and provenance", run.run_json),
+        ("prompts", run.prompts),
+        ("images (Parquet; HF Image column)", run.images),
+        ("curation (hashes, duplicates, splits)", run.curation),
+        ("features", run.features),
+        ("detectors (model, predictions, metrics, report)", run.detectors),
+        ("quarantine", run.quarantine),
+    ):
+        if path.exists():
+            print(f"  {label:<48} {path}")
+    for r in report.results:
+        if r.label.startswith("detect/"):
+            d = _detector_dir(r, run)
+            if d is not None:
+                print(f"\n{r.label}: test split ({d / 'report.md'})")
+                print((d / "table.txt").read_text(encoding="utf-8").rstrip())
+
+
+def _detector_dir(result, run):
+    if result.summaries:
+        return Path(result.summaries[0]["dir"])
+    import json
+
+    from aigi.pipeline.runner import plan_path
+
+    plan = json.loads(plan_path(run.logs, result.label).read_text(encoding="utf-8"))
+    return (run.root / plan["units"][0]["output"]).parent if plan["units"] else None
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from aigi.pipeline.runner import stage_status
+
+    root = Path(args.run)
+    if not (root / "run.json").exists():
+        raise FileNotFoundError(f"{root} is not an aigi run directory (no run.json)")
+    rows = stage_status(root / "logs")
+    if not rows:
+        print(f"{root}: no stage planned yet")
+        return 0
+    width = max(len(r["stage"]) for r in rows)
+    print(f"{'stage':<{width}}  units done  {'items done':>16}")
+    for r in rows:
+        state = "done" if r["done"] == r["total"] else "incomplete"
+        items = f"{r['items_done']}/{r['items_total']} {r['item_name']}" if r["items_total"] else ""
+        print(f"{r['stage']:<{width}}  {r['done']:>4}/{r['total']:<5} {items:>16}  {state}")
+    return 0
+
+
+def _cmd_generators(args: argparse.Namespace) -> int:
+    from aigi.generators.registry import get, names
+
+    for name in names():
+        doc = (get(name).__doc__ or "").strip().splitlines()
+        print(f"{name:<24} {doc[0] if doc else ''}")
+    return 0
+
+
+def _cmd_features(args: argparse.Namespace) -> int:
+    from aigi.features.registry import get, names
+    from aigi.pipeline.configtools import to_dict
+
+    for name in names():
+        cls = get(name)
+        doc = (cls.__doc__ or "").strip().splitlines()
+        print(f"{name:<12} v{cls.version}  {doc[0] if doc else ''}")
+        for k, v in to_dict(cls.Config()).items():
+            print(f"    {k} = {v!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="aigi",
+        description="Build corpora for detecting AI-generated images: generate, curate, cache "
+        "detector features, train and evaluate detectors.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_exec_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--scheduler", metavar="ADDR", help="attach to an existing Dask scheduler (tcp://host:8786)")
+        sp.add_argument("--serial", action="store_true", help="run units in this process, without Dask")
+
+    sp = sub.add_parser("demo", help="run the whole pipeline offline on tiny random-weight models",
+                        description="Run the whole pipeline offline on tiny random-weight stand-in models "
+                        "and real photographs shipped with scikit-image. A re-run skips finished work.")
+    sp.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    add_exec_flags(sp)
+    sp.set_defaults(func=_cmd_demo)
+
+    sp = sub.add_parser("run", help="run a config", description="Run every stage of a TOML run config. "
+                        "Finished units are skipped; missing ones are done.")
+    sp.add_argument("config", help="the run config (TOML)")
+    sp.add_argument("--out", help="run directory (overrides [run] out)")
+    add_exec_flags(sp)
+    sp.set_defaults(func=_cmd_run)
+
+    sp = sub.add_parser("status", help="units done per stage of a run", description="Show, per stage, "
+                        "how many units of a run directory are done.")
+    sp.add_argument("run", help="the run directory")
+    sp.set_defaults(func=_cmd_status)
+
+    sp = sub.add_parser("generators", help="list generator families", description="List the registered generator families.")
+    sp.set_defaults(func=_cmd_generators)
+    sp = sub.add_parser("features", help="list feature extractors", description="List the registered feature "
+                        "extractors and their config defaults.")
+    sp.set_defaults(func=_cmd_features)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from aigi.pipeline.configtools import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"aigi: config error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aigi: interrupted; finished units are kept, re-run to continue", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line for the user; the traceback on demand
+        if os.environ.get("AIGI_DEBUG"):
+            raise
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print(f"aigi: error: {type(e).__name__}: {msg} (set AIGI_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""`aigi demo`: the whole path, offline, on this machine, in a few minutes at most.
+
+It builds tiny random-weight diffusion pipelines from config, saves them into the run directory
+and loads them back through the same `from_pretrained` path a real model uses; it cuts real
+photographs shipped inside scikit-image into crops. The models are random-weight stand-ins:
+their images are noise-like and the detector numbers are a smoke check of the plumbing, not a
+measurement. `examples/sd15-imagenet.toml` is the same run with real models.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+DEMO_CLASSES = ("tench", "goldfish", "tree frog", "goldfinch", "volcano", "daisy", "lemon", "espresso")
+# Colour photographs that ship inside the scikit-image wheel (no download).
+DEMO_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field", "ihc", "retina")
+CROPS_PER_PHOTO = 12
+CROP = 64
+MARKER = ".aigi-complete"
+
+DISCLAIMER = (
+    "NOTE: the demo's diffusion models are tiny random-weight stand-ins built offline; its images are "
+    "not realistic and its detector numbers are a smoke check of the pipeline, not a result. "
+    "For real models see examples/sd15-imagenet.toml."
+)
+
+# name -> options of the tiny pipeline builder; two differently configured generators give
+# per-generator results.
+TINY_GENERATORS = {
+    "tiny-sd-a": {"seed": 1, "scheduler": "DDIMScheduler", "block_out_channels": (32, 64)},
+    "tiny-sd-b": {"seed": 2, "scheduler": "EulerDiscreteScheduler", "block_out_channels": (32, 32, 64)},
+}
+
+CONFIG_TEMPLATE = """\
+# aigi demo config, written by `aigi demo`.
+# The models are tiny random-weight stand-ins (see the README): a smoke check, not a benchmark.
+[run]
+out = "{out}"
+seed = 0
+
+[dask]
+n_workers = 1
+threads_per_worker = 1
+
+[prompts]
+source = "classes"
+classes = {classes}
+templates = ["a photo of a {{class}}"]
+
+[real]
+name = "photos"
+source = "imagefolder"
+path = "{photos}"
+class_from_folder = true
+unit_size = 32
+
+[[generators]]
+name = "tiny-sd-a"
+family = "stable_diffusion"
+model = "{models}/tiny-sd-a"
+steps = 8
+guidance = 3.0
+size = [64, 64]
+images_per_prompt = 6
+batch_size = 8
+unit_size = 16
+
+[[generators]]
+name = "tiny-sd-b"
+family = "stable_diffusion"
+model = "{models}/tiny-sd-b"
+steps = 6
+guidance = 5.0
+size = [64, 64]
+images_per_prompt = 6
+batch_size = 8
+unit_size = 16
+
+[curation.split]
+by = "class"
+fractions = [0.6, 0.2, 0.2]
+
+[features.lare]
+model = "{models}/tiny-lare"
+t = 200
+ensemble = 4
+img_size = [64, 64]
+batch_size = 16
+
+[detectors.logreg]
+feature = "lare"
+column = "lare"
+pool = 2
+"""
+
+
+def _toml_str(path: Path) -> str:
+    return str(path.resolve()).replace("\\", "/")
+
+
+def build_once(folder: Path, build) -> bool:
+    """Run `build(folder)` unless a completed build is there; True when it built."""
+    if (folder / MARKER).exists():
+        return False
+    if folder.exists():
+        shutil.rmtree(folder)  # an interrupted build: start it over
+    build(folder)
+    (folder / MARKER).write_text("ok\n")
+    return True
+
+
+def build_models(models: Path) -> None:
+    from aigi.generators.tiny import tiny_stable_diffusion
+
+    for name, opts in TINY_GENERATORS.items():
+        build_once(models / name, lambda f, o=opts: tiny_stable_diffusion(f, **o))
+    # LaRE's diffusion model: a third tiny SD standing in for SD 1.5.
+    build_once(models / "tiny-lare", lambda f: tiny_stable_diffusion(f, seed=123))
+
+
+def build_photos(folder: Path, seed: int = 0) -> None:
+    """Crops of scikit-image's sample photographs, one subfolder (= class) per photograph, so
+    crops of one photograph never straddle a split."""
+
+    def make(out: Path) -> None:
+        import numpy as np
+        import skimage.data
+        from PIL import Image
+
+        rng = np.random.default_rng(seed)
+        for name in DEMO_PHOTOS:
+            arr = getattr(skimage.data, name)()
+            img = Image.fromarray(arr).convert("RGB")
+            scale = 2 * CROP / min(img.size)
+            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BICUBIC)
+            (out / name).mkdir(parents=True, exist_ok=True)
+            for k in range(CROPS_PER_PHOTO):
+                x = int(rng.integers(0, img.width - CROP + 1))
+                y = int(rng.integers(0, img.height - CROP + 1))
+                img.crop((x, y, x + CROP, y + CROP)).save(out / name / f"crop-{k:02d}.png")
+
+    build_once(folder, make)
+
+
+def prepare(out: Path) -> str:
+    """Build the demo's inputs under `out` (once) and return its config text."""
+    out = Path(out)
+    models, photos = out / "models", out / "inputs" / "photos"
+    build_models(models)
+    build_photos(photos)
+    return CONFIG_TEMPLATE.format(
+        out=_toml_str(out),
+        models=_toml_str(models),
+        photos=_toml_str(photos),
+        classes="[" + ", ".join(f'"{c}"' for c in DEMO_CLASSES) + "]",
+    )

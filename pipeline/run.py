@@ -1,0 +1,83 @@
+"""`aigi run`: build the stages a config asks for and run them over the run directory."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from aigi.manifests.rundir import RunDir
+from aigi.pipeline.config import RunConfig
+from aigi.pipeline.runner import StageResult, run_stages, write_if_changed
+from aigi.pipeline.runinfo import write_run_json
+from aigi.pipeline.stage import RunContext, Stage
+
+
+@dataclass
+class RunReport:
+    run: RunDir
+    results: list[StageResult]
+    seconds: float
+    dashboard: str | None
+
+
+def build_stages(ctx: RunContext) -> list[Stage]:
+    from aigi.pipeline.stages.dedupe import DedupeStage
+    from aigi.pipeline.stages.detect import DetectStage
+    from aigi.pipeline.stages.features import FeatureStage
+    from aigi.pipeline.stages.generate import GenerateStage
+    from aigi.pipeline.stages.hash import HashStage
+    from aigi.pipeline.stages.ingest import IngestStage
+    from aigi.pipeline.stages.prompts import PromptsStage
+    from aigi.pipeline.stages.split import SplitStage
+
+    cfg = ctx.config
+    stages: list[Stage] = []
+    if cfg.generators:
+        stages.append(PromptsStage(ctx))
+        stages += [GenerateStage(ctx, g) for g in cfg.generators]
+    if cfg.real is not None:
+        stages.append(IngestStage(ctx))
+    if cfg.generators or cfg.real is not None:
+        stages += [HashStage(ctx), DedupeStage(ctx), SplitStage(ctx)]
+    stages += [FeatureStage(ctx, name, c) for name, c in cfg.features.items()]
+    stages += [DetectStage(ctx, name, c) for name, c in cfg.detectors.items()]
+    return stages
+
+
+def run(
+    config: RunConfig,
+    config_text: str | None = None,
+    scheduler: str | None = None,
+    serial: bool = False,
+    stream: TextIO | None = None,
+) -> RunReport:
+    """Run every stage of `config`; finished units are skipped, missing ones are done."""
+    from aigi.pipeline.cluster import DaskExecutor, SerialExecutor, dashboard_link, open_client
+
+    stream = stream or sys.stdout
+    t0 = time.perf_counter()
+    rundir = RunDir(Path(config.run.out)).make()
+    if config_text is not None:
+        write_if_changed(rundir.config, config_text)
+    write_run_json(rundir.run_json, config)
+    ctx = RunContext(config=config, run=rundir)
+    stages = build_stages(ctx)
+    dashboard = None
+    if serial:
+        results = run_stages(stages, SerialExecutor(), rundir.logs, stream)
+    else:
+        with open_client(config.dask, scheduler) as client:
+            dashboard = dashboard_link(client)
+            where = scheduler or config.dask.address or "embedded LocalCluster"
+            stream.write(f"dask: {where}" + (f", dashboard {dashboard}" if dashboard else "") + "\n")
+            results = run_stages(stages, DaskExecutor(client), rundir.logs, stream)
+    models: dict[str, Any] = {}
+    for r in results:
+        for s in r.summaries:
+            models.update(s.get("provenance", {}))
+    if models:
+        write_run_json(rundir.run_json, config, models)
+    return RunReport(rundir, results, time.perf_counter() - t0, dashboard)

@@ -1,0 +1,70 @@
+"""run.json: the resolved config, its fingerprint, library versions, model revisions, hardware."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from aigi.manifests.ids import fingerprint
+from aigi.pipeline.devices import cuda_device_count
+from aigi.pipeline.runner import write_if_changed
+
+LIBRARIES = (
+    "aigi", "torch", "torchvision", "diffusers", "transformers", "accelerate", "tokenizers",
+    "safetensors", "datasets", "pyarrow", "numpy", "pillow", "imagehash", "dask", "distributed",
+    "scikit-learn", "scikit-image",
+)
+
+
+def library_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "gpus": [],
+    }
+    if cuda_device_count():
+        import subprocess
+
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20,
+        )
+        info["gpus"] = [ln.strip() for ln in out.stdout.splitlines() if ln.strip()]
+    return info
+
+
+def write_run_json(path: Path, config: Any, models: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write run.json, keeping model provenance recorded by earlier runs of the same directory.
+
+    The file is rewritten only when its content changes, so re-running a finished run leaves it
+    untouched.
+    """
+    old: dict[str, Any] = {}
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+    cfg = config.to_dict()
+    info = {
+        "config": cfg,
+        "config_fingerprint": fingerprint(cfg),
+        "config_file": str(config.file),
+        "versions": library_versions(),
+        "hardware": hardware(),
+        "models": {**old.get("models", {}), **(models or {})},
+    }
+    write_if_changed(path, json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return info

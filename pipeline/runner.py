@@ -1,0 +1,131 @@
+"""Run stages in order over their units; skip finished units; record plans for `aigi status`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from aigi.pipeline.cluster import UnitFailed
+from aigi.pipeline.progress import Progress
+from aigi.pipeline.stage import Stage, Unit, is_done
+
+
+class Executor(Protocol):
+    def map(self, stage: Stage, units: list[Unit]) -> Any: ...
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class StageResult:
+    label: str
+    units: int
+    skipped: int
+    ran: int
+    items: int
+    seconds: float
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+
+
+def plan_path(logs: Path, label: str) -> Path:
+    return logs / "plans" / (label.replace("/", "__") + ".json")
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    """Write `text` unless the file already holds it, so a re-run rewrites nothing."""
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return True
+
+
+def record_plan(logs: Path, order: int, stage: Stage, units: list[Unit]) -> None:
+    plan = {
+        "order": order,
+        "stage": stage.label,
+        "item_name": stage.item_name,
+        # relative to the run root, so a moved run directory still reports correctly
+        "units": [
+            {"key": u.key, "output": os.path.relpath(u.output, logs.parent), "items": u.n_items}
+            for u in units
+        ],
+    }
+    write_if_changed(plan_path(logs, stage.label), json.dumps(plan, indent=1))
+
+
+def run_stages(
+    stages: list[Stage], executor: Executor, logs: Path, stream: TextIO | None = None
+) -> list[StageResult]:
+    """Run each stage to completion before planning the next (later plans read earlier outputs).
+
+    A failing unit does not stop its siblings: they finish and persist, then the stage raises
+    `StageFailed` naming every failed unit; a re-run redoes only what is missing.
+    """
+    stream = stream or sys.stdout
+    results = []
+    for order, stage in enumerate(stages):
+        t0 = time.perf_counter()
+        units = stage.plan()
+        record_plan(logs, order, stage, units)
+        pending = [u for u in units if not is_done(u)]
+        skipped = len(units) - len(pending)
+        if not pending:
+            stream.write(f"  [{stage.label}] {len(units)}/{len(units)} units already done, skipped\n")
+            results.append(StageResult(stage.label, len(units), skipped, 0, 0, 0.0))
+            continue
+        if skipped:
+            stream.write(f"  [{stage.label}] {skipped} of {len(units)} units already done, running {len(pending)}\n")
+        progress = Progress(
+            stage.label, len(pending), sum(u.n_items for u in pending), stage.item_name, stream
+        )
+        summaries, failures = [], []
+        for out in executor.map(stage, pending):
+            if isinstance(out, UnitFailed):
+                failures.append(out)
+                progress.update(0, failed=True)
+            else:
+                summaries.append(out)
+                progress.update(int(out.get("items", 0)))
+        if failures:
+            detail = "; ".join(str(f) for f in failures[:5])
+            raise StageFailed(
+                f"stage {stage.label}: {len(failures)} of {len(pending)} units failed ({detail}). "
+                "Finished units are kept; re-run to redo the rest."
+            ) from failures[0].error
+        results.append(
+            StageResult(
+                stage.label, len(units), skipped, len(pending),
+                sum(int(s.get("items", 0)) for s in summaries), time.perf_counter() - t0, summaries,
+            )
+        )
+    return results
+
+
+def stage_status(logs: Path) -> list[dict[str, Any]]:
+    """Per planned stage: units done / total, from the recorded plans and the files on disk."""
+    rows = []
+    for p in sorted((logs / "plans").glob("*.json")):
+        plan = json.loads(p.read_text(encoding="utf-8"))
+        done = [u for u in plan["units"] if (logs.parent / u["output"]).exists()]
+        rows.append(
+            {
+                "order": plan["order"],
+                "stage": plan["stage"],
+                "done": len(done),
+                "total": len(plan["units"]),
+                "items_done": sum(u["items"] for u in done),
+                "items_total": sum(u["items"] for u in plan["units"]),
+                "item_name": plan["item_name"],
+            }
+        )
+    return sorted(rows, key=lambda r: (r["order"], r["stage"]))
