@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+
 from aigi.detectors.base import Detector
 from aigi.pipeline.configtools import check
 

@@ -14,7 +14,10 @@ from pathlib import Path
 
 DEMO_CLASSES = ("tench", "goldfish", "tree frog", "goldfinch", "volcano", "daisy", "lemon", "espresso")
 # Colour photographs that ship inside the scikit-image wheel (no download).
-DEMO_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field", "ihc", "retina")
+DEMO_PHOTOS = (
+    "astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle", "hubble_deep_field",
+    "immunohistochemistry", "retina",
+)
 CROPS_PER_PHOTO = 12
 CROP = 64
 MARKER = ".aigi-complete"
@@ -112,7 +115,9 @@ def build_once(folder: Path, build) -> bool:
 
 def build_models(models: Path) -> None:
     from aigi.generators.tiny import tiny_stable_diffusion
+    from aigi.pipeline.worker_state import quiet_libraries
 
+    quiet_libraries()
     for name, opts in TINY_GENERATORS.items():
         build_once(models / name, lambda f, o=opts: tiny_stable_diffusion(f, **o))
     # LaRE's diffusion model: a third tiny SD standing in for SD 1.5.
@@ -131,6 +136,8 @@ def build_photos(folder: Path, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
         for name in DEMO_PHOTOS:
             arr = getattr(skimage.data, name)()
+            if isinstance(arr, tuple):  # stereo_motorcycle: (left, right, disparity)
+                arr = arr[0]
             img = Image.fromarray(arr).convert("RGB")
             scale = 2 * CROP / min(img.size)
             img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BICUBIC)

@@ -10,8 +10,8 @@ from typing import Any, TextIO
 
 from aigi.manifests.rundir import RunDir
 from aigi.pipeline.config import RunConfig
-from aigi.pipeline.runner import StageResult, run_stages, write_if_changed
 from aigi.pipeline.runinfo import write_run_json
+from aigi.pipeline.runner import StageResult, run_stages, write_if_changed
 from aigi.pipeline.stage import RunContext, Stage
 
 

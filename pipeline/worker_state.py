@@ -33,9 +33,21 @@ def state_for(stage: Stage) -> Any:
             _cache.popitem(last=False)
             gc.collect()
             _empty_cuda_cache()
+        quiet_libraries()
         state = stage.setup(resolve_device(stage.device_request()))
         _cache[key] = state
         return state
+
+
+def quiet_libraries() -> None:
+    """Silence per-load progress bars: aigi prints its own progress per stage."""
+    import importlib
+
+    for mod in ("diffusers.utils.logging", "transformers.utils.logging"):
+        try:
+            importlib.import_module(mod).disable_progress_bar()
+        except ImportError:
+            pass
 
 
 def _empty_cuda_cache() -> None:
