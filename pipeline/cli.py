@@ -94,12 +94,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _summary(cls: type) -> str:
+    """First line of the class docstring, else of its module's (the file's own summary)."""
+    doc = cls.__doc__ if "__doc__" in vars(cls) and cls.__doc__ else sys.modules[cls.__module__].__doc__
+    lines = (doc or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def _cmd_generators(args: argparse.Namespace) -> int:
     from aigi.generators.registry import get, names
 
     for name in names():
-        doc = (get(name).__doc__ or "").strip().splitlines()
-        print(f"{name:<24} {doc[0] if doc else ''}")
+        print(f"{name:<24} {_summary(get(name))}")
     return 0
 
 
@@ -109,8 +115,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
     for name in names():
         cls = get(name)
-        doc = (cls.__doc__ or "").strip().splitlines()
-        print(f"{name:<12} v{cls.version}  {doc[0] if doc else ''}")
+        print(f"{name:<12} v{cls.version}  {_summary(cls)}")
         for k, v in to_dict(cls.Config()).items():
             print(f"    {k} = {v!r}")
     return 0
