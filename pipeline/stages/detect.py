@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from aigi.manifests.ids import fingerprint
 from aigi.manifests.schema import METRICS, PREDICTIONS, SPLITS
@@ -83,7 +84,7 @@ class DetectStage(Stage):
             for r in per_generator(source[m], y[m], score[m]):
                 rows.append({"detector": self.detector, "feature": self.config.feature, "split": s, **r})
         metrics = pa.Table.from_pylist(rows, schema=METRICS.arrow)
-        metrics.to_pandas().to_csv(out_dir / "metrics.csv", index=False)
+        pa_csv.write_csv(metrics, out_dir / "metrics.csv")
         test_rows = [r for r in rows if r["split"] == "test"]
         feat_fp = make_extractor(self.config.feature, self.ctx.config.features[self.config.feature]).fingerprint()
         notes = [
