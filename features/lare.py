@@ -13,7 +13,6 @@ function of (image, row, seed, config).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -22,6 +21,7 @@ import numpy as np
 
 from aigi.features.base import FeatureExtractor
 from aigi.pipeline.configtools import check
+from aigi.pipeline.devices import DEVICE_RE
 
 if TYPE_CHECKING:
     import torch
@@ -71,7 +71,7 @@ class LareConfig:
         check(self.dtype in ("float32", "float16", "bfloat16"), "dtype", f"must be float32, float16 or bfloat16, got {self.dtype!r}")
         check(self.storage_dtype in ("float32", "float16"), "storage_dtype", f"must be float32 or float16, got {self.storage_dtype!r}")
         check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
-        check(bool(re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", self.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check(bool(DEVICE_RE.match(self.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 class Lare(FeatureExtractor):

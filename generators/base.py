@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from aigi.manifests.ids import fingerprint
 from aigi.pipeline.configtools import check, to_dict
+from aigi.pipeline.devices import DEVICE_RE
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -52,7 +53,7 @@ class GeneratorConfig:
         check(self.images_per_prompt > 0, "images_per_prompt", "must be > 0")
         check(self.batch_size > 0, "batch_size", "must be > 0")
         check(self.unit_size > 0, "unit_size", "must be > 0")
-        check(bool(re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", self.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check(bool(DEVICE_RE.match(self.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
     def fingerprint(self) -> str:
         """Everything that changes the pixels; not how the work is cut or where it runs."""

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
+
+#: What a config's `device` key accepts.
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
 def resolve_device(requested: str) -> str:

@@ -27,6 +27,13 @@ def producer_of(path: Path) -> str:
     return shard_meta(path)["producer"]
 
 
+def num_rows(path: Path) -> int:
+    """Rows of a Parquet file, from its footer."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
 def shard_index(i: int) -> str:
     return f"shard-{i:05d}"
 

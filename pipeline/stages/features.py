@@ -12,7 +12,7 @@ from aigi.manifests.ids import derive_seed, fingerprint
 from aigi.manifests.schema import IMAGES
 from aigi.manifests.shards import read_shard
 from aigi.pipeline.stage import RunContext, Stage, Unit
-from aigi.pipeline.stages.common import image_shards, producer_of
+from aigi.pipeline.stages.common import image_shards, num_rows, producer_of
 
 FEATURE_INPUT_COLUMNS = ["image_id", "image", "label", "source", "prompt_id", "prompt", "class_id", "class_name"]
 
@@ -50,7 +50,7 @@ class FeatureStage(Stage):
         units = []
         for shard, out in zip(image_shards(self.ctx), feature_shards(self.ctx, self.feature, self.config), strict=True):
             producer = fingerprint(["features", fp, self.ctx.config.run.seed, producer_of(shard)])
-            n = _num_rows(shard)
+            n = num_rows(shard)
             units.append(Unit(self.label, f"{shard.parent.name}/{shard.stem}", str(out), producer, n, str(shard)))
         return units
 
@@ -88,9 +88,3 @@ class FeatureStage(Stage):
         }
         write_features(unit.output, ids, seeds, arrays, state, unit.producer, extra={"input": unit.payload})
         return {"items": len(ids)}
-
-
-def _num_rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).metadata.num_rows

@@ -9,7 +9,7 @@ from aigi.manifests.ids import fingerprint
 from aigi.manifests.schema import HASHES, IMAGES
 from aigi.manifests.shards import read_shard, write_shard
 from aigi.pipeline.stage import Stage, Unit
-from aigi.pipeline.stages.common import image_shards, producer_of
+from aigi.pipeline.stages.common import image_shards, num_rows, producer_of
 
 HASH_VERSION = 1
 
@@ -26,7 +26,7 @@ class HashStage(Stage):
         for shard in image_shards(self.ctx):
             producer = fingerprint(["hash", HASH_VERSION, producer_of(shard)])
             out = hash_shard_path(self.ctx, shard)
-            n = _num_rows(shard)
+            n = num_rows(shard)
             units.append(Unit(self.label, f"{shard.parent.name}/{shard.stem}", str(out), producer, n, str(shard)))
         return units
 
@@ -37,9 +37,3 @@ class HashStage(Stage):
         hashes = hash_rows(table)
         write_shard(hashes, unit.output, HASHES, unit.producer)
         return {"items": hashes.num_rows}
-
-
-def _num_rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).metadata.num_rows
