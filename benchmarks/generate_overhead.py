@@ -97,7 +97,7 @@ def main() -> int:
     p.add_argument("--device", default="auto")
     args = p.parse_args()
 
-    from aigi.pipeline.devices import resolve_device
+    from aigi.core.devices import resolve_device
     from aigi.pipeline.worker_state import quiet_libraries
 
     quiet_libraries()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from aigi.core.configtools import to_dict
 from aigi.manifests.ids import fingerprint
-from aigi.pipeline.configtools import to_dict
 
 if TYPE_CHECKING:
     import numpy as np

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from aigi.core.configtools import check
 from aigi.detectors.base import Detector
-from aigi.pipeline.configtools import check
 
 
 @dataclass(frozen=True)

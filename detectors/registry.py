@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from aigi.core.registry import Registry
 from aigi.detectors.base import Detector
-from aigi.pipeline.plugins import Registry
 
 registry: Registry[Detector] = Registry("aigi.detectors", Detector, "detector")
 

@@ -19,14 +19,17 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from aigi.features.base import FeatureExtractor
-from aigi.pipeline.configtools import check
-from aigi.pipeline.devices import DEVICE_RE
+from aigi.core.configtools import check
+from aigi.core.devices import DEVICE_RE
+from aigi.core.lru import LRU
+from aigi.features.base import FLOAT_STORAGE, FeatureExtractor, check_batch, resolve_torch_device
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+#: Distinct prompts whose text embedding stays cached; caption corpora have millions of prompts.
+EMBED_CACHE_SIZE = 1024
 SD_LATENT_CHANNELS = 4  # what columns() reports before load; load() reads the real value
 LATENT_FACTOR = 8
 
@@ -49,7 +52,7 @@ class LareConfig:
     posterior: Literal["sample", "mode"] = "sample"
     error: Literal["squared", "abs"] = "squared"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    storage_dtype: Literal["float32", "float16"] = "float32"
+    storage_dtype: Literal["float32", "float16"] = "float16"
     batch_size: int = 8
     device: str = "auto"
 
@@ -69,7 +72,7 @@ class LareConfig:
         check(self.posterior in ("sample", "mode"), "posterior", f"must be sample or mode, got {self.posterior!r}")
         check(self.error in ("squared", "abs"), "error", f"must be squared or abs, got {self.error!r}")
         check(self.dtype in ("float32", "float16", "bfloat16"), "dtype", f"must be float32, float16 or bfloat16, got {self.dtype!r}")
-        check(self.storage_dtype in ("float32", "float16"), "storage_dtype", f"must be float32 or float16, got {self.storage_dtype!r}")
+        check(self.storage_dtype in FLOAT_STORAGE, "storage_dtype", f"must be float32 or float16, got {self.storage_dtype!r}")
         check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
         check(bool(DEVICE_RE.match(self.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -84,7 +87,7 @@ class Lare(FeatureExtractor):
         self._models: dict[str, Any] | None = None
         self._revision = ""
         self._latent_channels = SD_LATENT_CHANNELS
-        self._emb_cache: dict[str, torch.Tensor] = {}
+        self._emb_cache: LRU[str, torch.Tensor] = LRU(EMBED_CACHE_SIZE)
 
     def columns(self) -> dict[str, tuple[tuple[int, ...], str]]:
         w, h = self.config.img_size
@@ -99,8 +102,7 @@ class Lare(FeatureExtractor):
         from aigi.manifests.revision import resolve_revision
 
         cfg = self.config
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_torch_device(device)
         dtype = getattr(torch, cfg.dtype)
         common = dict(revision=cfg.revision or None)
         vae = AutoencoderKL.from_pretrained(cfg.model, subfolder="vae", torch_dtype=dtype, **common)
@@ -119,13 +121,13 @@ class Lare(FeatureExtractor):
             "unet": unet,
             "text_encoder": text_encoder,
             "tokenizer": tokenizer,
-            "device": torch.device(device),
+            "device": device,
             "dtype": dtype,
             "sqrt_abar": math.sqrt(abar),
             "sqrt_1m_abar": math.sqrt(1.0 - abar),
         }
         self._latent_channels = int(vae.config.latent_channels)
-        self._emb_cache = {}
+        self._emb_cache.clear()
         self._revision = resolve_revision(cfg.model, cfg.revision)
 
     def model_revision(self) -> str:
@@ -140,38 +142,43 @@ class Lare(FeatureExtractor):
             return cfg.prompt_template.replace("{class}", str(cls))
         return cfg.fallback_prompt
 
-    def extract(
-        self, images: list[Image.Image], rows: list[dict[str, Any]], seeds: list[int]
-    ) -> dict[str, np.ndarray]:
+    def preprocessing(self) -> dict[str, Any]:
+        w, h = self.config.img_size
+        return {"resize": [w, h], "filter": "PIL bicubic", "aspect": "squash", "range": [-1, 1]}
+
+    def preprocess(self, image: Image.Image, row: dict[str, Any]) -> np.ndarray:
+        from PIL import Image
+
+        # Squash to img_size (aspect not kept), as the authors do.
+        im = image.convert("RGB").resize(tuple(self.config.img_size), Image.Resampling.BICUBIC)
+        u = np.asarray(im, dtype=np.float32) / 255.0
+        return ((u - 0.5) * 2.0).transpose(2, 0, 1)
+
+    def compute(self, batch: np.ndarray, rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, np.ndarray]:
         import torch
 
         if self._models is None:
-            raise RuntimeError("Lare.extract called before load(device)")
-        if not (len(images) == len(rows) == len(seeds)):
-            raise ValueError(
-                f"Lare.extract: {len(images)} images, {len(rows)} rows and {len(seeds)} seeds; "
-                "they must match one to one"
-            )
+            raise RuntimeError("Lare.compute called before load(device)")
+        check_batch(self.name, batch, rows, seeds)
         out_dtype = np.dtype(self.config.storage_dtype)
-        if not images:
-            shape = self.columns()["lare"][0]
-            return {"lare": np.zeros((0, *shape), dtype=out_dtype)}
         bs = self.config.batch_size
         with torch.inference_mode():
             parts = [
-                self._chunk(images[i : i + bs], rows[i : i + bs], seeds[i : i + bs])
-                for i in range(0, len(images), bs)
+                self._chunk(batch[i : i + bs], rows[i : i + bs], seeds[i : i + bs])
+                for i in range(0, len(batch), bs)
             ]
+        if not parts:
+            return {"lare": np.zeros((0, *self.columns()["lare"][0]), dtype=out_dtype)}
         return {"lare": np.concatenate(parts).astype(out_dtype, copy=False)}
 
-    def _chunk(self, images: list[Image.Image], rows: list[dict[str, Any]], seeds: list[int]) -> np.ndarray:
+    def _chunk(self, pixels: np.ndarray, rows: list[dict[str, Any]], seeds: list[int]) -> np.ndarray:
         import torch
 
         m = self._models
         assert m is not None
         cfg = self.config
         device, dtype, k = m["device"], m["dtype"], cfg.ensemble
-        x = torch.from_numpy(np.stack([self._pixels(im) for im in images])).to(device, dtype)
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(device, dtype)
         dist = m["vae"].encode(x).latent_dist
         mean, std = dist.mean.float(), dist.std.float()
         z0s, noises = [], []
@@ -192,21 +199,14 @@ class Lare(FeatureExtractor):
         ).sample.float()
         diff = eps_hat - eps
         err = diff.square() if cfg.error == "squared" else diff.abs()
-        err = err.view(len(images), k, *err.shape[1:]).mean(dim=1)
+        err = err.view(len(rows), k, *err.shape[1:]).mean(dim=1)
         return err.cpu().numpy()
-
-    def _pixels(self, image: Image.Image) -> np.ndarray:
-        from PIL import Image
-
-        # Squash to img_size (aspect not kept), as the authors do.
-        im = image.convert("RGB").resize(tuple(self.config.img_size), Image.Resampling.BICUBIC)
-        u = np.asarray(im, dtype=np.float32) / 255.0
-        return ((u - 0.5) * 2.0).transpose(2, 0, 1)
 
     def _embedding(self, prompt: str) -> torch.Tensor:
         m = self._models
         assert m is not None
-        if prompt not in self._emb_cache:
+        emb = self._emb_cache.get(prompt)
+        if emb is None:
             tok = m["tokenizer"]
             ids = tok(
                 [prompt],
@@ -215,8 +215,9 @@ class Lare(FeatureExtractor):
                 truncation=True,
                 return_tensors="pt",
             ).input_ids.to(m["device"])
-            self._emb_cache[prompt] = m["text_encoder"](ids)[0]
-        return self._emb_cache[prompt]
+            emb = m["text_encoder"](ids)[0]
+            self._emb_cache.put(prompt, emb)
+        return emb
 
     @classmethod
     def tiny(cls, folder: Path) -> LareConfig:

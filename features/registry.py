@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from aigi.core.registry import Registry
 from aigi.features.base import FeatureExtractor
-from aigi.pipeline.plugins import Registry
 
 registry: Registry[FeatureExtractor] = Registry("aigi.features", FeatureExtractor, "feature")
 

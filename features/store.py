@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from aigi.core.configtools import to_dict
 from aigi.features.base import FeatureExtractor
 from aigi.manifests.schema import feature_schema
 from aigi.manifests.shards import ManifestError, read_shard, shard_meta, write_shard
-from aigi.pipeline.configtools import to_dict
 
 SCHEMA_PREFIX = "aigi.features."
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from aigi.core.configtools import check, to_dict
+from aigi.core.devices import DEVICE_RE
 from aigi.manifests.ids import fingerprint
-from aigi.pipeline.configtools import check, to_dict
-from aigi.pipeline.devices import DEVICE_RE
 
 if TYPE_CHECKING:
     from PIL import Image

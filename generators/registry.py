@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from aigi.core.registry import Registry
 from aigi.generators.base import Generator
-from aigi.pipeline.plugins import Registry
 
 registry: Registry[Generator] = Registry("aigi.generators", Generator, "generator family")
 

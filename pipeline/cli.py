@@ -110,8 +110,8 @@ def _cmd_generators(args: argparse.Namespace) -> int:
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
+    from aigi.core.configtools import to_dict
     from aigi.features.registry import get, names
-    from aigi.pipeline.configtools import to_dict
 
     for name in names():
         cls = get(name)
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from aigi.pipeline.configtools import ConfigError
+    from aigi.core.configtools import ConfigError
 
     try:
         return int(args.func(args) or 0)

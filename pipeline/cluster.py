@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from aigi.pipeline.devices import cuda_device_count
+from aigi.core.devices import cuda_device_count
 from aigi.pipeline.stage import Stage, Unit
 from aigi.pipeline.worker_state import execute_unit
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from aigi.core.configtools import ConfigError, build, check, to_dict
 from aigi.generators.base import NAME_RE, GeneratorConfig
-from aigi.pipeline.configtools import ConfigError, build, check, to_dict
 
 if sys.version_info >= (3, 11):
     import tomllib

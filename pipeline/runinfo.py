@@ -9,8 +9,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from aigi.core.devices import cuda_device_count
 from aigi.manifests.ids import fingerprint
-from aigi.pipeline.devices import cuda_device_count
 from aigi.pipeline.runner import write_if_changed
 
 LIBRARIES = (

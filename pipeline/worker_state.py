@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from aigi.pipeline.devices import resolve_device
+from aigi.core.devices import resolve_device
 from aigi.pipeline.stage import Stage, Unit
 
 MAX_RESIDENT = 1

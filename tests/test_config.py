@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from aigi.core.configtools import ConfigError
 from aigi.pipeline.config import load_config
-from aigi.pipeline.configtools import ConfigError
 
 GOOD = """
 [run]

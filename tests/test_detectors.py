@@ -11,11 +11,11 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here needs the hub; keep it that way
 
+from aigi.core.configtools import ConfigError, Invalid, build  # noqa: E402
 from aigi.detectors import registry  # noqa: E402
 from aigi.detectors.logreg import LogReg, LogRegConfig  # noqa: E402
 from aigi.detectors.metrics import binary_metrics, per_generator  # noqa: E402
 from aigi.detectors.report import format_table, markdown_report  # noqa: E402
-from aigi.pipeline.configtools import ConfigError, Invalid, build  # noqa: E402
 
 # ---------------------------------------------------------------- independent references
 

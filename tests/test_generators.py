@@ -13,9 +13,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from aigi.core.configtools import Invalid  # noqa: E402
 from aigi.generators import registry  # noqa: E402
 from aigi.manifests.revision import resolve_revision  # noqa: E402
-from aigi.pipeline.configtools import Invalid  # noqa: E402
 
 PROMPTS = ["a photo of the cat", "a painting of a house", "the dog on the beach"]
 SEEDS = [11, 22, 33]

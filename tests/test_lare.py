@@ -8,8 +8,8 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from aigi.core.configtools import ConfigError, Invalid, build  # noqa: E402
 from aigi.features.lare import Lare, LareConfig  # noqa: E402
-from aigi.pipeline.configtools import ConfigError, Invalid, build  # noqa: E402
 
 SEEDS = [11, 22]
 ROWS = [{"class_name": "tench"}, {"class_name": None}]

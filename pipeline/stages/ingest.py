@@ -7,10 +7,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from aigi.core.configtools import to_dict
 from aigi.manifests.ids import fingerprint
 from aigi.manifests.schema import IMAGES, QUARANTINE
 from aigi.manifests.shards import write_shard
-from aigi.pipeline.configtools import to_dict
 from aigi.pipeline.stage import Stage, Unit
 from aigi.pipeline.stages.common import chunks, shard_index
 

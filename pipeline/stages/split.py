@@ -7,10 +7,10 @@ from typing import Any
 
 import pyarrow.compute as pc
 
+from aigi.core.configtools import to_dict
 from aigi.manifests.ids import fingerprint
 from aigi.manifests.schema import DUPLICATES, IMAGES, SPLITS
 from aigi.manifests.shards import read_shard, read_shards, write_shard
-from aigi.pipeline.configtools import to_dict
 from aigi.pipeline.stage import Stage, Unit
 from aigi.pipeline.stages.common import image_shards, producer_of
 
