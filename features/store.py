@@ -21,6 +21,9 @@ from aigi.manifests.schema import feature_schema
 from aigi.manifests.shards import ManifestError, read_shard, shard_meta, write_shard
 
 SCHEMA_PREFIX = "aigi.features."
+#: Float widths whose columns are byte-stream-split by default. DuckDB (2.0) cannot read that
+#: encoding on float16 (a FIXED_LEN_BYTE_ARRAY in Parquet), so float16 opts in explicitly.
+SPLIT_BY_DEFAULT = ("float32", "float64")
 
 
 def write_features(
@@ -31,8 +34,13 @@ def write_features(
     extractor: FeatureExtractor,
     producer: str,
     extra: dict[str, Any] | None = None,
+    split_float16: bool = False,
 ) -> Path:
-    """Write one feature shard; `arrays` maps each of `extractor.columns()` to (N, *shape)."""
+    """Write one feature shard; `arrays` maps each of `extractor.columns()` to (N, *shape).
+
+    Float columns are written with zstd over byte-stream-split values (float16 only with
+    `split_float16`, see SPLIT_BY_DEFAULT).
+    """
     columns = extractor.columns()
     n = len(image_ids)
     if len(seeds) != n:
@@ -53,19 +61,29 @@ def write_features(
             raise ValueError(f"{path}: column {col!r} has shape {tuple(arr.shape)}, expected {want}")
         if arr.dtype != np.dtype(dtype):
             raise ValueError(f"{path}: column {col!r} has dtype {arr.dtype}, expected {dtype}")
-        size = int(np.prod(shape, dtype=np.int64))
-        data[col] = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(arr).reshape(-1)), size)
+        flat = pa.array(np.ascontiguousarray(arr).reshape(-1))
+        if shape:
+            data[col] = pa.FixedSizeListArray.from_arrays(flat, int(np.prod(shape, dtype=np.int64)))
+        else:
+            data[col] = flat
     table = pa.Table.from_pydict(data)
+    split_dtypes = SPLIT_BY_DEFAULT + (("float16",) if split_float16 else ())
+    split = tuple(
+        f"{col}.list.element" if shape else col
+        for col, (shape, dtype) in columns.items()
+        if str(np.dtype(dtype)) in split_dtypes
+    )
     meta = {
         "shapes": {col: list(shape) for col, (shape, _) in columns.items()},
         "dtypes": {col: str(np.dtype(dtype)) for col, (_, dtype) in columns.items()},
         "extractor": extractor.name,
         "version": extractor.version,
         "config": to_dict(extractor.config),
+        "preprocessing": extractor.preprocessing(),
         "model_revision": extractor.model_revision(),
         **(extra or {}),
     }
-    return write_shard(table, path, schema, producer, extra=meta)
+    return write_shard(table, path, schema, producer, extra=meta, byte_stream_split=split)
 
 
 def feature_meta(path: str | os.PathLike) -> dict[str, Any]:
@@ -99,7 +117,33 @@ def read_features(paths: list[Path], column: str) -> tuple[list[str], np.ndarray
         values = table.column(column).combine_chunks()
         if values.null_count:
             raise ManifestError(f"{p}: column {column!r} has {values.null_count} null rows")
-        flat = values.flatten().to_numpy(zero_copy_only=False)
+        flat = (values.flatten() if shape else values).to_numpy(zero_copy_only=False)
         parts.append(flat.astype(np.dtype(dtype), copy=False).reshape(len(table), *shape))
         ids.extend(table.column("image_id").to_pylist())
     return ids, np.concatenate(parts)
+
+
+def store_summary(folder: str | os.PathLike) -> dict[str, Any]:
+    """One feature store (`features/<name>-<fingerprint>/`): extractor, columns, rows, bytes.
+
+    Bytes are the Parquet files on disk, so `bytes_per_image` is what the store really costs.
+    """
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    shards = sorted(p for p in folder.glob("**/*.parquet") if not p.name.startswith("."))
+    out: dict[str, Any] = {"dir": str(folder), "shards": len(shards), "rows": 0, "bytes": 0}
+    for p in shards:
+        out["rows"] += pq.ParquetFile(p).metadata.num_rows
+        out["bytes"] += p.stat().st_size
+    if shards:
+        meta = feature_meta(shards[0])
+        out.update(
+            extractor=meta.get("extractor"),
+            version=meta.get("version"),
+            columns={c: {"shape": meta["shapes"][c], "dtype": meta["dtypes"][c]} for c in meta["shapes"]},
+            model_revision=meta.get("model_revision"),
+            preprocessing=meta.get("preprocessing"),
+        )
+    out["bytes_per_image"] = out["bytes"] / out["rows"] if out["rows"] else 0.0
+    return out

@@ -147,3 +147,53 @@ def tiny_stable_diffusion(
     )
     pipe.save_pretrained(folder)
     return folder
+
+
+def tiny_pixel_unet(
+    folder: str | Path,
+    *,
+    seed: int = 0,
+    sample_size: int = 32,
+    block_out_channels: tuple[int, ...] = (16, 32),
+    learn_sigma: bool = False,
+) -> Path:
+    """Save a tiny, random-weight pixel-space UNet2DModel and its DDPMScheduler to `folder`.
+
+    The layout is that of `google/ddpm-bedroom-256`: the UNet's config.json and weights and the
+    scheduler's scheduler_config.json side by side at the root. The UNet copies that model's
+    time embedding (`flip_sin_to_cos=False`, `freq_shift=1`), with one attention level as it has;
+    the scheduler is the DDPM linear β schedule 1e-4..0.02 over 1000 steps (ADM's too). With
+    `learn_sigma` the UNet has 6 output channels, ε first, like guided-diffusion's ADM.
+    """
+    import torch
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    n = len(block_out_channels)
+    unet = UNet2DModel(
+        sample_size=sample_size,
+        in_channels=3,
+        out_channels=6 if learn_sigma else 3,
+        layers_per_block=1,
+        block_out_channels=block_out_channels,
+        down_block_types=("DownBlock2D",) * (n - 1) + ("AttnDownBlock2D",),
+        up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (n - 1),
+        attention_head_dim=8,
+        norm_num_groups=8,
+        norm_eps=1e-6,
+        flip_sin_to_cos=False,
+        freq_shift=1,
+    )
+    # diffusers initialises conv_out to random values, so ε already depends on the input.
+    sched = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="linear",
+        variance_type="learned_range" if learn_sigma else "fixed_small",
+        clip_sample=True,
+    )
+    unet.eval().save_pretrained(folder)
+    sched.save_pretrained(folder)
+    return folder

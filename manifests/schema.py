@@ -197,14 +197,18 @@ def feature_schema(extractor: str, version: int, columns: dict[str, tuple[tuple[
 
     `columns` maps a column name to (shape, dtype). Tensors are stored flat (row-major) as
     fixed-size lists, readable by pyarrow, `datasets`, DuckDB and polars; the shape lives in the
-    file metadata (see aigi.features.store).
+    file metadata (see aigi.features.store). Scalar features (shape `()`) are plain columns.
     """
     fields = [("image_id", pa.string()), ("seed", pa.int64())]
     for col, (shape, dtype) in columns.items():
+        value = pa.from_numpy_dtype(dtype)
+        if not shape:  # a scalar per image: a plain column, not a list of one
+            fields.append((col, value))
+            continue
         n = 1
         for s in shape:
             n *= int(s)
-        fields.append((col, pa.list_(pa.from_numpy_dtype(dtype), n)))
+        fields.append((col, pa.list_(value, n)))
     return Schema(name=f"aigi.features.{extractor}", version=version, arrow=pa.schema(fields))
 
 

@@ -110,6 +110,8 @@ def _cmd_generators(args: argparse.Namespace) -> int:
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
+    if args.run:
+        return _list_stores(Path(args.run))
     from aigi.core.configtools import to_dict
     from aigi.features.registry import get, names
 
@@ -119,6 +121,32 @@ def _cmd_features(args: argparse.Namespace) -> int:
         for k, v in to_dict(cls.Config()).items():
             print(f"    {k} = {v!r}")
     return 0
+
+
+def _list_stores(root: Path) -> int:
+    from aigi.features.store import store_summary
+
+    if not (root / "run.json").exists():
+        raise FileNotFoundError(f"{root} is not an aigi run directory (no run.json)")
+    stores = sorted(p for p in (root / "features").glob("*-*") if p.is_dir())
+    if not stores:
+        print(f"{root}: no feature store yet")
+        return 0
+    for folder in stores:
+        s = store_summary(folder)
+        print(f"{folder.name}  {s['rows']} rows, {s['shards']} shards, {_size(s['bytes'])}, "
+              f"{_size(s['bytes_per_image'])}/image, revision {s.get('model_revision') or '-'}")
+        for col, c in (s.get("columns") or {}).items():
+            print(f"    {col:<14} {c['dtype']:<8} {tuple(c['shape'])}")
+    return 0
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,8 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("generators", help="list generator families", description="List the registered generator families.")
     sp.set_defaults(func=_cmd_generators)
-    sp = sub.add_parser("features", help="list feature extractors", description="List the registered feature "
-                        "extractors and their config defaults.")
+    sp = sub.add_parser("features", help="list feature extractors, or a run's feature stores",
+                        description="Without RUN: the registered feature extractors and their config "
+                        "defaults. With RUN: the run's feature stores with their columns, shapes, rows "
+                        "and bytes per image.")
+    sp.add_argument("run", nargs="?", help="a run directory")
     sp.set_defaults(func=_cmd_features)
     return p
 

@@ -26,7 +26,7 @@ class RunReport:
 def build_stages(ctx: RunContext) -> list[Stage]:
     from aigi.pipeline.stages.dedupe import DedupeStage
     from aigi.pipeline.stages.detect import DetectStage
-    from aigi.pipeline.stages.features import FeatureStage
+    from aigi.pipeline.stages.features import FeatureStage, group_by_device
     from aigi.pipeline.stages.generate import GenerateStage
     from aigi.pipeline.stages.hash import HashStage
     from aigi.pipeline.stages.ingest import IngestStage
@@ -42,7 +42,7 @@ def build_stages(ctx: RunContext) -> list[Stage]:
         stages.append(IngestStage(ctx))
     if cfg.generators or cfg.real is not None:
         stages += [HashStage(ctx), DedupeStage(ctx), SplitStage(ctx)]
-    stages += [FeatureStage(ctx, name, c) for name, c in cfg.features.items()]
+    stages += [FeatureStage(ctx, group) for group in group_by_device(cfg.features)]
     stages += [DetectStage(ctx, name, c) for name, c in cfg.detectors.items()]
     return stages
 

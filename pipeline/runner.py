@@ -56,7 +56,12 @@ def record_plan(logs: Path, order: int, stage: Stage, units: list[Unit]) -> None
         "item_name": stage.item_name,
         # relative to the run root, so a moved run directory still reports correctly
         "units": [
-            {"key": u.key, "output": os.path.relpath(u.output, logs.parent), "items": u.n_items}
+            {
+                "key": u.key,
+                "output": os.path.relpath(u.output, logs.parent),
+                "also": [os.path.relpath(o, logs.parent) for o, _ in u.also],
+                "items": u.n_items,
+            }
             for u in units
         ],
     }
@@ -116,7 +121,10 @@ def stage_status(logs: Path) -> list[dict[str, Any]]:
     rows = []
     for p in sorted((logs / "plans").glob("*.json")):
         plan = json.loads(p.read_text(encoding="utf-8"))
-        done = [u for u in plan["units"] if (logs.parent / u["output"]).exists()]
+        done = [
+            u for u in plan["units"]
+            if all((logs.parent / o).exists() for o in [u["output"], *u.get("also", [])])
+        ]
         rows.append(
             {
                 "order": plan["order"],

@@ -30,6 +30,12 @@ class Unit:
     producer: str
     n_items: int = 0
     payload: Any = None
+    #: Further (output, producer) pairs of a unit that writes several files (one per feature of a
+    #: feature group); the unit is done when every one of them is.
+    also: tuple[tuple[str, str], ...] = ()
+
+    def outputs(self) -> list[tuple[str, str]]:
+        return [(self.output, self.producer), *self.also]
 
 
 @dataclass(frozen=True)
@@ -73,22 +79,26 @@ class Stage:
 
 
 def is_done(unit: Unit) -> bool:
-    """True when the unit's output exists and was made by the same producer.
+    """True when every output of the unit exists and was made by the same producer.
 
     An output made by a different producer is never overwritten silently: the config or the
     inputs changed under an existing run directory, and the user must choose.
     """
-    path = Path(unit.output)
+    return all(output_done(unit.stage, out, producer) for out, producer in unit.outputs())
+
+
+def output_done(stage: str, output: str, producer: str) -> bool:
+    path = Path(output)
     if not path.exists():
         return False
     try:
         meta = shard_meta(path)
     except (ManifestError, OSError) as e:
-        raise StaleOutput(f"{path}: unreadable output of {unit.stage} ({e}); delete it to redo the unit") from None
-    if meta["producer"] != unit.producer:
+        raise StaleOutput(f"{path}: unreadable output of {stage} ({e}); delete it to redo the unit") from None
+    if meta["producer"] != producer:
         raise StaleOutput(
             f"{path} was produced by a different config or input ({meta['producer']} != "
-            f"{unit.producer}). Use a new run directory, or delete "
-            f"{os.path.dirname(path)} to redo this {unit.stage} work."
+            f"{producer}). Use a new run directory, or delete "
+            f"{os.path.dirname(path)} to redo this {stage} work."
         )
     return True

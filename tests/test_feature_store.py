@@ -31,6 +31,9 @@ class FakeExtractor(FeatureExtractor):
     def columns(self):
         return {"lare": (SHAPE, self.config.dtype)}
 
+    def preprocessing(self):
+        return {"resize": [8, 8]}
+
     def model_revision(self) -> str:
         return "sha256:abc"
 
@@ -101,22 +104,90 @@ def test_read_rejects_mismatched_shards_and_non_feature_files(tmp_path):
         read_features([other], "lare")
 
 
-def test_readable_by_pyarrow_and_datasets(tmp_path):
-    import datasets
+@dataclass(frozen=True)
+class MixedConfig:
+    knob: int = 0
 
-    ex = FakeExtractor(FakeConfig())
-    ids, seeds, a = make(4, "float32")
-    p = write_features(tmp_path / "f.parquet", ids, seeds, {"lare": a}, ex, "prod")
+
+class MixedExtractor(FeatureExtractor):
+    """A map, a vector and a scalar of different dtypes, as the real extractors store them."""
+
+    name = "mixed"
+    version = 1
+    Config = MixedConfig
+
+    def columns(self):
+        return {"map": ((3, 4, 4), "float16"), "vec": ((6,), "float32"), "dnf": ((2, 2), "uint8"), "score": ((), "float32")}
+
+    def preprocessing(self):
+        return {}
+
+
+def mixed_arrays(n: int):
+    rng = np.random.default_rng(3)
+    return {
+        "map": rng.standard_normal((n, 3, 4, 4)).astype(np.float16),
+        "vec": rng.standard_normal((n, 6)).astype(np.float32),
+        "dnf": rng.integers(0, 256, (n, 2, 2), dtype=np.uint8),
+        "score": rng.standard_normal(n).astype(np.float32),
+    }
+
+
+def test_readable_by_pyarrow_datasets_duckdb_and_polars(tmp_path):
+    import datasets
+    import duckdb
+    import polars as pl
+
+    ex = MixedExtractor(MixedConfig())
+    n = 5
+    ids = [f"id{i}" for i in range(n)]
+    arrays = mixed_arrays(n)
+    p = write_features(tmp_path / "f.parquet", ids, list(range(n)), arrays, ex, "prod")
 
     table = pq.read_table(p)
-    t = table.schema.field("lare").type
-    assert pa.types.is_fixed_size_list(t) and t.list_size == 256
-    assert table.column("image_id").to_pylist() == ids
-    assert table.column("seed").to_pylist() == seeds
+    t = table.schema.field("map").type
+    assert pa.types.is_fixed_size_list(t) and t.list_size == 48 and t.value_type == pa.float16()
+    assert table.schema.field("score").type == pa.float32()  # scalars are plain columns
+    for col, arr in arrays.items():
+        _, back = read_features([p], col)
+        np.testing.assert_array_equal(back, arr)
 
     ds = datasets.load_dataset("parquet", data_files=str(p), split="train", cache_dir=str(tmp_path / "hf"))
     assert ds[2]["image_id"] == ids[2]
-    np.testing.assert_array_equal(np.asarray(ds[2]["lare"], dtype=np.float32), a[2].reshape(-1))
+    np_ds = ds.with_format("numpy")[:]
+    assert np_ds["map"].shape == (n, 48) and np_ds["dnf"].shape == (n, 4)
+    np.testing.assert_array_equal(np_ds["map"][2].astype(np.float16), arrays["map"][2].reshape(-1))
+    np.testing.assert_array_equal(np_ds["dnf"][4], arrays["dnf"][4].reshape(-1))
+    assert np.float32(ds[1]["score"]) == arrays["score"][1]
+
+    rows = duckdb.sql(f"SELECT image_id, len(map), vec, dnf, score FROM '{p}' ORDER BY image_id").fetchall()
+    assert [r[0] for r in rows] == ids and rows[0][1] == 48
+    np.testing.assert_array_equal(np.array(rows[3][2], dtype=np.float32), arrays["vec"][3])
+    np.testing.assert_array_equal(np.array(rows[3][3], dtype=np.uint8), arrays["dnf"][3].reshape(-1))
+    assert np.float32(rows[3][4]) == arrays["score"][3]
+
+    df = pl.read_parquet(p)
+    assert df.schema["map"] == pl.Array(pl.Float16, 48)
+    np.testing.assert_array_equal(df["map"].to_numpy()[1], arrays["map"][1].reshape(-1))
+    np.testing.assert_array_equal(df["score"].to_numpy(), arrays["score"])
+
+
+def test_float_columns_are_byte_stream_split(tmp_path):
+    ex = MixedExtractor(MixedConfig())
+    ids = [f"id{i}" for i in range(4)]
+
+    def encodings(path):
+        md = pq.ParquetFile(path).metadata.row_group(0)
+        return {md.column(i).path_in_schema: md.column(i).encodings for i in range(md.num_columns)}
+
+    enc = encodings(write_features(tmp_path / "a.parquet", ids, [0] * 4, mixed_arrays(4), ex, "p"))
+    assert "BYTE_STREAM_SPLIT" in enc["vec.list.element"] and "BYTE_STREAM_SPLIT" in enc["score"]
+    # float16 stays readable by DuckDB unless asked; integers never split.
+    assert "BYTE_STREAM_SPLIT" not in enc["map.list.element"]
+    assert "BYTE_STREAM_SPLIT" not in enc["dnf.list.element"]
+    p = write_features(tmp_path / "b.parquet", ids, [0] * 4, mixed_arrays(4), ex, "p", split_float16=True)
+    assert "BYTE_STREAM_SPLIT" in encodings(p)["map.list.element"]
+    np.testing.assert_array_equal(read_features([p], "map")[1], mixed_arrays(4)["map"])
 
 
 def test_metadata_carries_shape_config_and_revision(tmp_path):
@@ -131,4 +202,5 @@ def test_metadata_carries_shape_config_and_revision(tmp_path):
     assert meta["extractor"] == "fake" and meta["version"] == 2
     assert meta["config"] == {"dtype": "float32", "knob": 7}
     assert meta["model_revision"] == "sha256:abc"
+    assert meta["preprocessing"] == {"resize": [8, 8]}
     assert meta["run"] == "r"

@@ -18,7 +18,8 @@ ROWS = [{"class_name": "tench"}, {"class_name": None}]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_sd")
-    cfg = Lare.tiny(folder)
+    # float32 storage, so the math compares at full precision; float16 storage is tested apart.
+    cfg = dataclasses.replace(Lare.tiny(folder), storage_dtype="float32")
     ex = Lare(cfg)
     ex.load("cpu")
     return folder, cfg, ex
@@ -220,3 +221,18 @@ def test_t_beyond_model_schedule_fails_at_load(tiny, tmp_path):
     ex = Lare(dataclasses.replace(tiny[1], model=str(folder), t=200))
     with pytest.raises(Invalid, match="num_train_timesteps"):
         ex.load("cpu")
+
+
+def test_text_embedding_cache_is_bounded(tiny, monkeypatch):
+    import aigi.features.lare as lare_mod
+
+    _, cfg, _ = tiny
+    monkeypatch.setattr(lare_mod, "EMBED_CACHE_SIZE", 2)
+    ex = loaded(cfg)
+    rows = [{"class_name": c} for c in ("tench", "goldfish", "volcano")]
+    ims = images(3)
+    first = ex.extract(ims, rows, [1, 2, 3])["lare"]
+    assert len(ex._emb_cache) == 2  # three prompts seen, two kept
+    # An evicted prompt is recomputed, not lost: the features do not change.
+    np.testing.assert_array_equal(ex.extract(ims, rows, [1, 2, 3])["lare"], first)
+    assert len(ex._emb_cache) == 2

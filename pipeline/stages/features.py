@@ -1,7 +1,16 @@
-"""Stage: compute one feature for every image, a feature shard per image shard."""
+"""Stage: compute the configured features of every image, one feature shard per image shard each.
+
+The features that run on the same device form one stage, so an image shard is read and decoded
+once for all of them, and extractors with equal preprocessing share one preprocessed batch. While
+the models work on one batch, a thread pool decodes and preprocesses the next (Pillow and numpy
+release the GIL), so the accelerator does not wait on the CPU. A unit writes one shard per
+feature; on a re-run only the features whose shard is missing are computed.
+"""
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +20,13 @@ from aigi.features.base import FeatureExtractor
 from aigi.manifests.ids import derive_seed, fingerprint
 from aigi.manifests.schema import IMAGES
 from aigi.manifests.shards import read_shard
-from aigi.pipeline.stage import RunContext, Stage, Unit
+from aigi.pipeline.stage import RunContext, Stage, Unit, output_done
 from aigi.pipeline.stages.common import image_shards, num_rows, producer_of
 
 FEATURE_INPUT_COLUMNS = ["image_id", "image", "label", "source", "prompt_id", "prompt", "class_id", "class_name"]
+#: Images decoded, preprocessed and handed to the models at a time (each model then chunks by its
+#: own `batch_size`); the next batch is prepared while this one computes.
+PIPELINE_BATCH = 64
 
 
 def make_extractor(name: str, config: Any) -> FeatureExtractor:
@@ -32,59 +44,136 @@ def feature_shards(ctx: RunContext, name: str, config: Any) -> list[Path]:
     return [base / s.parent.name / s.name for s in image_shards(ctx)]
 
 
+def group_by_device(features: dict[str, Any]) -> list[dict[str, Any]]:
+    """Features that request the same device run as one stage, in config order."""
+    groups: dict[str, dict[str, Any]] = {}
+    for name, cfg in features.items():
+        groups.setdefault(getattr(cfg, "device", "auto"), {})[name] = cfg
+    return list(groups.values())
+
+
 class FeatureStage(Stage):
     name = "features"
     gpu = True
 
-    def __init__(self, ctx: RunContext, feature: str, config: Any) -> None:
+    def __init__(self, ctx: RunContext, features: dict[str, Any]) -> None:
         super().__init__(ctx)
-        self.feature = feature
-        self.config = config
+        if not features:
+            raise ValueError("FeatureStage needs at least one feature")
+        self.features = dict(features)
+        # Resolving weights (hashing a local model folder) happens once, at construction.
+        self.fingerprints = {n: make_extractor(n, c).fingerprint() for n, c in self.features.items()}
 
     @property
     def label(self) -> str:
-        return f"features/{self.feature}"
+        return "features/" + "+".join(self.features)
 
     def plan(self) -> list[Unit]:
-        fp = make_extractor(self.feature, self.config).fingerprint()
         units = []
-        for shard, out in zip(image_shards(self.ctx), feature_shards(self.ctx, self.feature, self.config), strict=True):
-            producer = fingerprint(["features", fp, self.ctx.config.run.seed, producer_of(shard)])
-            n = num_rows(shard)
-            units.append(Unit(self.label, f"{shard.parent.name}/{shard.stem}", str(out), producer, n, str(shard)))
+        for shard in image_shards(self.ctx):
+            outs = []
+            for name, fp in self.fingerprints.items():
+                out = self.ctx.run.feature_dir(name, fp) / shard.parent.name / shard.name
+                producer = fingerprint(["features", fp, self.ctx.config.run.seed, producer_of(shard)])
+                outs.append((str(out), producer))
+            (first, producer), *rest = outs
+            units.append(
+                Unit(self.label, f"{shard.parent.name}/{shard.stem}", first, producer,
+                     num_rows(shard), str(shard), also=tuple(rest))
+            )
         return units
 
     def setup_key(self) -> str:
-        return f"feature:{self.feature}:{make_extractor(self.feature, self.config).fingerprint()}"
+        return "features:" + ",".join(f"{n}-{fp}" for n, fp in self.fingerprints.items())
 
     def device_request(self) -> str:
-        return getattr(self.config, "device", "auto")
+        return getattr(next(iter(self.features.values())), "device", "auto")
 
-    def setup(self, device: str) -> FeatureExtractor:
-        extractor = make_extractor(self.feature, self.config)
-        extractor.load(device)
-        return extractor
+    def setup(self, device: str) -> dict[str, FeatureExtractor]:
+        state = {}
+        for name, cfg in self.features.items():
+            extractor = make_extractor(name, cfg)
+            extractor.load(device)
+            state[name] = extractor
+        return state
 
-    def process(self, unit: Unit, state: FeatureExtractor) -> dict[str, Any]:
+    def process(self, unit: Unit, state: dict[str, FeatureExtractor]) -> dict[str, Any]:
         from aigi.features.store import write_features
-        from aigi.manifests.imagebytes import decode_rgb
 
-        table = read_shard(unit.payload, IMAGES, columns=FEATURE_INPUT_COLUMNS)
-        meta = table.drop_columns(["image"]).to_pylist()
-        images = table.column("image").combine_chunks().field("bytes")
-        ids = [m["image_id"] for m in meta]
-        seeds = [derive_seed(self.ctx.config.run.seed, "feature", self.feature, i) for i in ids]
-        batch = max(1, int(getattr(self.config, "batch_size", 16)))
-        parts: dict[str, list[np.ndarray]] = {}
-        for lo in range(0, len(ids), batch):
-            pil = [decode_rgb(images[i].as_py()) for i in range(lo, min(lo + batch, len(ids)))]
-            out = state.extract(pil, meta[lo : lo + batch], seeds[lo : lo + batch])
-            for col, arr in out.items():
-                parts.setdefault(col, []).append(arr)
-        columns = state.columns()
-        arrays = {
-            col: np.concatenate(parts[col]) if col in parts else np.zeros((0, *shape), dtype=dtype)
-            for col, (shape, dtype) in columns.items()
+        pending = {
+            name: (out, producer)
+            for name, (out, producer) in zip(self.features, unit.outputs(), strict=True)
+            if not output_done(unit.stage, out, producer)
         }
-        write_features(unit.output, ids, seeds, arrays, state, unit.producer, extra={"input": unit.payload})
-        return {"items": len(ids)}
+        table = read_shard(unit.payload, IMAGES, columns=FEATURE_INPUT_COLUMNS)
+        rows = table.drop_columns(["image"]).to_pylist()
+        images = table.column("image").combine_chunks().field("bytes")
+        ids = [r["image_id"] for r in rows]
+        extractors = {n: state[n] for n in pending}
+        seeds = {n: [derive_seed(self.ctx.config.run.seed, "feature", n, i) for i in ids] for n in pending}
+        parts = run_batches(extractors, images, rows, seeds)
+        provenance = {}
+        for name, (out, producer) in pending.items():
+            ex = extractors[name]
+            arrays = {
+                col: np.concatenate(parts[name][col]) if parts[name].get(col) else np.zeros((0, *shape), dtype=dtype)
+                for col, (shape, dtype) in ex.columns().items()
+            }
+            write_features(out, ids, seeds[name], arrays, ex, producer, extra={"input": os.path.basename(unit.payload)})
+            provenance[f"feature:{name}"] = {
+                "model": getattr(ex.config, "model", ""),
+                "revision": ex.model_revision(),
+                "fingerprint": self.fingerprints[name],
+            }
+        return {"items": len(ids), "features": sorted(pending), "provenance": provenance}
+
+
+def run_batches(
+    extractors: dict[str, FeatureExtractor],
+    images: Any,
+    rows: list[dict[str, Any]],
+    seeds: dict[str, list[int]],
+    batch: int = PIPELINE_BATCH,
+    threads: int | None = None,
+) -> dict[str, dict[str, list[np.ndarray]]]:
+    """Compute every extractor over `images` (encoded bytes), preparing batch i+1 on CPU threads
+    while the models run on batch i. Returns name -> column -> list of per-batch arrays."""
+    from aigi.manifests.imagebytes import decode_rgb
+
+    n = len(rows)
+    # One preprocessing per distinct key: extractors with equal preprocessing share the array.
+    by_key: dict[str, FeatureExtractor] = {}
+    key_of = {}
+    for name, ex in extractors.items():
+        key_of[name] = ex.preprocess_key()
+        by_key.setdefault(key_of[name], ex)
+    out: dict[str, dict[str, list[np.ndarray]]] = {name: {} for name in extractors}
+    if not extractors or n == 0:
+        return out
+    workers = threads or max(1, min(8, (os.cpu_count() or 2)))
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="aigi-decode") as pool:
+
+        def prepare(lo: int) -> dict[str, np.ndarray]:
+            hi = min(lo + batch, n)
+            decoded = list(pool.map(lambda i: decode_rgb(images[i].as_py()), range(lo, hi)))
+            arrays = {}
+            for key, ex in by_key.items():
+                arrays[key] = np.stack(list(pool.map(lambda j, ex=ex: ex.preprocess(decoded[j], rows[lo + j]), range(hi - lo))))
+            return arrays
+
+        starts = list(range(0, n, batch))
+        # A helper thread (not a pool worker, which would deadlock waiting on its own pool)
+        # prepares the next batch while this thread runs the models.
+        with ThreadPoolExecutor(1, thread_name_prefix="aigi-prefetch") as ahead:
+            nxt: Future = ahead.submit(prepare, starts[0])
+            for k, lo in enumerate(starts):
+                arrays = nxt.result()
+                if k + 1 < len(starts):
+                    nxt = ahead.submit(prepare, starts[k + 1])
+                hi = min(lo + batch, n)
+                for name, ex in extractors.items():
+                    res = ex.compute(arrays[key_of[name]], rows[lo:hi], seeds[name][lo:hi])
+                    for col, arr in res.items():
+                        out[name].setdefault(col, []).append(arr)
+    return out
