@@ -16,7 +16,10 @@ Preprocessing is the released val/test path, with no resize: the RGB uint8 image
 least image_size×image_size with reflect-101 borders (albumentations `PadIfNeeded` 1.x defaults:
 top = (S−h)//2, bottom = the rest, same for left/right), center-cropped to S×S (y0 = (h−S)//2,
 x0 = (w−S)//2), scaled by 1/255 and normalized with the ImageNet mean/std (not CLIP's own
-statistics; `normalization = "clip"` switches to them).
+statistics; `normalization = "clip"` switches to them). Checked bit-exact against albumentations
+1.3.1 + OpenCV 4.11 (`PadIfNeeded(S, S)` + `CenterCrop(S, S)`) for sizes from 1 px to 640 px,
+including pads wider than the image. albumentations ≥ 2.0 changed PadIfNeeded's default border to
+constant zeros; which version the authors ran is not recorded, so `pad_mode = "zeros"` exists.
 
 Deviations and caveats:
 - Frozen backbone. The original fine-tunes the whole CLIP end to end together with EGRE; cached
@@ -69,6 +72,7 @@ class ClipRn50Config:
     image_size: int = 224
     layer3_channels: int = 1024
     embed_dim: int = 1024
+    pad_mode: Literal["reflect101", "zeros"] = "reflect101"
     normalization: Literal["imagenet", "clip"] = "imagenet"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     storage_dtype: Literal["float16", "float32"] = "float16"
@@ -91,6 +95,7 @@ class ClipRn50Config:
         )
         check(self.layer3_channels > 0, "layer3_channels", f"must be > 0, got {self.layer3_channels}")
         check(self.embed_dim > 0, "embed_dim", f"must be > 0, got {self.embed_dim}")
+        check(self.pad_mode in ("reflect101", "zeros"), "pad_mode", f"must be reflect101 or zeros, got {self.pad_mode!r}")
         check(self.normalization in NORMALIZATIONS, "normalization", f"must be imagenet or clip, got {self.normalization!r}")
         check(self.dtype in ("float32", "float16", "bfloat16"), "dtype", f"must be float32, float16 or bfloat16, got {self.dtype!r}")
         check(self.storage_dtype in FLOAT_STORAGE, "storage_dtype", f"must be float32 or float16, got {self.storage_dtype!r}")
@@ -125,7 +130,7 @@ class ClipRn50(FeatureExtractor):
             "input": "RGB uint8",
             "resize": None,
             "pad_if_needed": [s, s],
-            "pad_mode": "reflect101",
+            "pad_mode": self.config.pad_mode,
             "pad_split": "top=(S-h)//2 bottom=rest, left=(S-w)//2 right=rest",
             "crop": "center",
             "crop_size": [s, s],
@@ -145,7 +150,8 @@ class ClipRn50(FeatureExtractor):
         if ph or pw:
             # numpy's "reflect" is OpenCV's BORDER_REFLECT_101 (edge not repeated), also for pads
             # wider than the image, where both keep reflecting with period 2·(n−1).
-            u8 = np.pad(u8, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode="reflect")
+            mode = "reflect" if self.config.pad_mode == "reflect101" else "constant"
+            u8 = np.pad(u8, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode=mode)
             h, w = u8.shape[:2]
         y0, x0 = (h - s) // 2, (w - s) // 2
         crop = u8[y0 : y0 + s, x0 : x0 + s].astype(np.float32) / np.float32(255.0)
@@ -216,9 +222,9 @@ class ClipRn50(FeatureExtractor):
         }
 
     def _chunk(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        v = self._visual
         import torch
 
+        v = self._visual
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self._device, self._dtype)
         # The authors' patched forward: the usual ModifiedResNet pass, also returning layer3.
         f3 = v.layer3(v.layer2(v.layer1(v.stem(x))))

@@ -192,6 +192,22 @@ METRICS = Schema(
 )
 
 
+ANOMALY_SCORES = Schema(
+    name="aigi.anomaly_scores",
+    version=1,
+    arrow=pa.schema(
+        [
+            ("generator", pa.string()),
+            ("n_real", pa.int64()),
+            ("n_generated", pa.int64()),
+            ("anomaly_score", pa.float64()),  # the 2-D KS statistic D (AS, CVPR 2024)
+            ("p_value", pa.float64()),
+            ("mean_as_i", pa.float64()),
+        ]
+    ),
+)
+
+
 def feature_schema(extractor: str, version: int, columns: dict[str, tuple[tuple[int, ...], str]]) -> Schema:
     """Schema of a feature shard: image_id, the per-image seed, one fixed-size list per tensor.
 
@@ -213,5 +229,5 @@ def feature_schema(extractor: str, version: int, columns: dict[str, tuple[tuple[
 
 
 REGISTRY: dict[str, Schema] = {
-    s.name: s for s in (IMAGES, PROMPTS, HASHES, DUPLICATES, SPLITS, QUARANTINE, PREDICTIONS, METRICS)
+    s.name: s for s in (IMAGES, PROMPTS, HASHES, DUPLICATES, SPLITS, QUARANTINE, PREDICTIONS, METRICS, ANOMALY_SCORES)
 }

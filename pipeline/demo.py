@@ -9,6 +9,7 @@ measurement. `examples/sd15-imagenet.toml` is the same run with real models.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,11 @@ DEMO_PHOTOS = (
 CROPS_PER_PHOTO = 12
 CROP = 64
 MARKER = ".aigi-complete"
+TINY_CONFIG = ".aigi-tiny-config.json"
+#: Every feature of the library, each on its own tiny random-weight model.
+DEMO_FEATURES = ("lare", "dnf", "code", "dire", "anomaly", "clip_rn50")
+#: Released settings the tiny models can afford on a CPU.
+DEMO_FEATURE_OVERRIDES = {"lare": {"t": 200, "ensemble": 4, "batch_size": 16}}
 
 DISCLAIMER = (
     "NOTE: the demo's diffusion models are tiny random-weight stand-ins built offline; its images are "
@@ -84,13 +90,7 @@ unit_size = 16
 by = "class"
 fractions = [0.6, 0.2, 0.2]
 
-[features.lare]
-model = "{models}/tiny-lare"
-t = 200
-ensemble = 4
-img_size = [64, 64]
-batch_size = 16
-
+{features}
 [detectors.logreg]
 feature = "lare"
 column = "lare"
@@ -113,15 +113,38 @@ def build_once(folder: Path, build) -> bool:
     return True
 
 
-def build_models(models: Path) -> None:
+def build_models(models: Path) -> dict[str, dict]:
+    """Build the tiny models once; return each demo feature's config table (model included)."""
+    from aigi.core.configtools import to_dict
+    from aigi.features.registry import get
     from aigi.generators.tiny import tiny_stable_diffusion
     from aigi.pipeline.worker_state import quiet_libraries
 
     quiet_libraries()
     for name, opts in TINY_GENERATORS.items():
         build_once(models / name, lambda f, o=opts: tiny_stable_diffusion(f, **o))
-    # LaRE's diffusion model: a third tiny SD standing in for SD 1.5.
-    build_once(models / "tiny-lare", lambda f: tiny_stable_diffusion(f, seed=123))
+    tables = {}
+    for name in DEMO_FEATURES:
+        cls = get(name)
+        folder = models / f"tiny-{name}"
+        # The tiny config is kept beside the weights in a hidden file (hidden files are not part
+        # of the weights hash), so a re-run needs no rebuild to know it.
+        build_once(folder, lambda f, c=cls: (f / TINY_CONFIG).write_text(json.dumps(to_dict(c.tiny(f)))))
+        cfg = json.loads((folder / TINY_CONFIG).read_text())
+        defaults = to_dict(cls.Config())
+        table = {k: v for k, v in cfg.items() if v != defaults.get(k)}
+        table.update(DEMO_FEATURE_OVERRIDES.get(name, {}), model=_toml_str(folder))
+        tables[name] = table
+    return tables
+
+
+def features_toml(tables: dict[str, dict]) -> str:
+    out = []
+    for name, table in tables.items():
+        out.append(f"[features.{name}]")
+        out += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+        out.append("")
+    return "\n".join(out)
 
 
 def build_photos(folder: Path, seed: int = 0) -> None:
@@ -154,11 +177,12 @@ def prepare(out: Path) -> str:
     """Build the demo's inputs under `out` (once) and return its config text."""
     out = Path(out)
     models, photos = out / "models", out / "inputs" / "photos"
-    build_models(models)
+    tables = build_models(models)
     build_photos(photos)
     return CONFIG_TEMPLATE.format(
         out=_toml_str(out),
         models=_toml_str(models),
         photos=_toml_str(photos),
         classes="[" + ", ".join(f'"{c}"' for c in DEMO_CLASSES) + "]",
+        features=features_toml(tables),
     )

@@ -24,6 +24,7 @@ class RunReport:
 
 
 def build_stages(ctx: RunContext) -> list[Stage]:
+    from aigi.pipeline.stages.anomaly_report import AnomalyReportStage
     from aigi.pipeline.stages.dedupe import DedupeStage
     from aigi.pipeline.stages.detect import DetectStage
     from aigi.pipeline.stages.features import FeatureStage, group_by_device
@@ -43,6 +44,8 @@ def build_stages(ctx: RunContext) -> list[Stage]:
     if cfg.generators or cfg.real is not None:
         stages += [HashStage(ctx), DedupeStage(ctx), SplitStage(ctx)]
     stages += [FeatureStage(ctx, group) for group in group_by_device(cfg.features)]
+    if "anomaly" in cfg.features and cfg.real is not None and cfg.generators:
+        stages.append(AnomalyReportStage(ctx, cfg.features["anomaly"], seed=cfg.run.seed))
     stages += [DetectStage(ctx, name, c) for name, c in cfg.detectors.items()]
     return stages
 
