@@ -100,5 +100,6 @@ def test_status_reports_every_stage_done(demo: tuple[Path, str], capsys: pytest.
     lines = capsys.readouterr().out.splitlines()[1:]
     stages = [ln.split()[0] for ln in lines]
     assert stages[:3] == ["prompts", "generate/tiny-sd-a", "generate/tiny-sd-b"]
-    assert "features/lare" in stages and "detect/logreg" in stages
+    assert "features/lare+dnf+code+dire+anomaly+clip_rn50" in stages and "detect/logreg" in stages
+    assert "report/anomaly" in stages
     assert all(ln.rstrip().endswith("done") and "incomplete" not in ln for ln in lines)

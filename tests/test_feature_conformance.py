@@ -78,10 +78,14 @@ def test_outputs_match_declared_columns_and_are_deterministic(name, tiny):
     b = ex.extract(ims, ROWS, SEEDS)
     for col in a:
         np.testing.assert_array_equal(a[col], b[col])
-    # Batch independence: the middle image alone gives what it gave inside the batch.
+    # Batch independence: the middle image alone gives what it gave inside the batch, up to
+    # float round-off that depends on the batch size (convolution algorithms); on 8-bit columns
+    # that round-off can move a value across a quantization level (DIRE's inversion to t = 950
+    # divides by √ᾱ ≈ 0.01), so they may differ by one level.
     one = ex.extract(ims[1:2], ROWS[1:2], SEEDS[1:2])
     for col in a:
-        np.testing.assert_allclose(one[col].astype(np.float64), a[col][1:2].astype(np.float64), rtol=1e-3, atol=1e-3)
+        tol = 1.0 if np.issubdtype(a[col].dtype, np.integer) else 1e-3
+        np.testing.assert_allclose(one[col].astype(np.float64), a[col][1:2].astype(np.float64), rtol=1e-3, atol=tol)
 
 
 @pytest.mark.parametrize("name", NAMES)
