@@ -210,6 +210,6 @@ class Code(FeatureExtractor):
             patch_size=8,
             layer_norm_eps=1e-6,  # timm's, as the released model should carry (methods.md §3.1)
         )
-        # With its pooler, as the released checkpoint (whose wrapper discards it).
-        ViTModel(config).save_pretrained(folder)
+        # Without the pooler, which the extractor does not load (the released wrapper drops it).
+        ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
         return CodeConfig(model=str(folder), crop_size=32, resize_size=36, dim=32, batch_size=4)

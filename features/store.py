@@ -131,7 +131,8 @@ def store_summary(folder: str | os.PathLike) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     folder = Path(folder)
-    shards = sorted(p for p in folder.glob("**/*.parquet") if not p.name.startswith("."))
+    # Shards live in one folder per image source; files beside them (reports) are not shards.
+    shards = sorted(p for p in folder.glob("*/*.parquet") if not p.name.startswith("."))
     out: dict[str, Any] = {"dir": str(folder), "shards": len(shards), "rows": 0, "bytes": 0}
     for p in shards:
         out["rows"] += pq.ParquetFile(p).metadata.num_rows

@@ -56,6 +56,13 @@ def _print_summary(report) -> None:
     ):
         if path.exists():
             print(f"  {label:<48} {path}")
+    if run.features.exists():
+        print("\nfeature stores (aigi features RUN):")
+        _list_stores(run.root)
+    for md in sorted(run.features.glob("anomaly-*/anomaly_scores.md")):
+        table = [ln for ln in md.read_text(encoding="utf-8").splitlines() if ln.startswith("|")]
+        print(f"\nAnomaly Score per generator ({md}):")
+        print("\n".join(table))
     for r in report.results:
         if r.label.startswith("detect/"):
             d = _detector_dir(r, run)
