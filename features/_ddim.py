@@ -90,6 +90,7 @@ def load_pixel_unet(
     factor = 2 ** (len(cfg.block_out_channels) - 1)
     check(img_size % factor == 0, "img_size", f"must be a multiple of {factor} for this UNet, got {img_size}")
     unet.to(device).eval().requires_grad_(False)
+    unet.to(memory_format=torch.channels_last)
     abar = None
     if scheduler:
         sched = DDPMScheduler.from_pretrained(model, subfolder=sub["scheduler"], **common)

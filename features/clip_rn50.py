@@ -46,7 +46,13 @@ import numpy as np
 
 from aigi.core.configtools import check
 from aigi.core.devices import DEVICE_RE
-from aigi.features.base import FLOAT_STORAGE, FeatureExtractor, check_batch, resolve_torch_device
+from aigi.features.base import (
+    FLOAT_STORAGE,
+    FeatureExtractor,
+    check_batch,
+    image_batch,
+    resolve_torch_device,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -195,6 +201,7 @@ class ClipRn50(FeatureExtractor):
         self._device = resolve_torch_device(device)
         self._dtype = getattr(torch, cfg.dtype)
         self._visual = visual.to(self._device, self._dtype).eval().requires_grad_(False)
+        self._visual.to(memory_format=torch.channels_last)
         self._revision = resolve_revision(cfg.model, cfg.revision)
 
     def model_revision(self) -> str:
@@ -222,10 +229,9 @@ class ClipRn50(FeatureExtractor):
         }
 
     def _chunk(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        import torch
 
         v = self._visual
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self._device, self._dtype)
+        x = image_batch(pixels, self._device, self._dtype)
         # The authors' patched forward: the usual ModifiedResNet pass, also returning layer3.
         f3 = v.layer3(v.layer2(v.layer1(v.stem(x))))
         g = v.attnpool(v.layer4(f3))

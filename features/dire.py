@@ -59,7 +59,13 @@ import numpy as np
 
 from aigi.core.configtools import Invalid, check
 from aigi.core.devices import DEVICE_RE
-from aigi.features.base import FLOAT_STORAGE, FeatureExtractor, check_batch, resolve_torch_device
+from aigi.features.base import (
+    FLOAT_STORAGE,
+    FeatureExtractor,
+    check_batch,
+    image_batch,
+    resolve_torch_device,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -180,7 +186,7 @@ class Dire(FeatureExtractor):
         assert m is not None
         unet, ts, abar = m["unet"], m["timesteps"], m["abar"]
         clip = self.config.clip_denoised
-        x0 = torch.from_numpy(np.ascontiguousarray(pixels)).to(m["device"], torch.float32)
+        x0 = image_batch(pixels, m["device"], torch.float32)
 
         def eps(x: torch.Tensor, t: int) -> torch.Tensor:
             # Model in its dtype, DDIM arithmetic in float32 as guided-diffusion; ε = first 3 channels.

@@ -40,7 +40,13 @@ import numpy as np
 
 from aigi.core.configtools import check
 from aigi.core.devices import DEVICE_RE
-from aigi.features.base import FLOAT_STORAGE, FeatureExtractor, check_batch, resolve_torch_device
+from aigi.features.base import (
+    FLOAT_STORAGE,
+    FeatureExtractor,
+    check_batch,
+    image_batch,
+    resolve_torch_device,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -163,7 +169,7 @@ class Dnf(FeatureExtractor):
 
         m = self._models
         assert m is not None
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(m["device"], torch.float32)
+        x = image_batch(pixels, m["device"], torch.float32)
         if self.config.mode == "released":
             eps = self._eps(x, 0)
         else:

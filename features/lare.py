@@ -22,7 +22,13 @@ import numpy as np
 from aigi.core.configtools import check
 from aigi.core.devices import DEVICE_RE
 from aigi.core.lru import LRU
-from aigi.features.base import FLOAT_STORAGE, FeatureExtractor, check_batch, resolve_torch_device
+from aigi.features.base import (
+    FLOAT_STORAGE,
+    FeatureExtractor,
+    check_batch,
+    image_batch,
+    resolve_torch_device,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -115,6 +121,8 @@ class Lare(FeatureExtractor):
         check(cfg.t < n_train, "t", f"must be < the model's num_train_timesteps ({n_train}), got {cfg.t}")
         for m in (vae, unet, text_encoder):
             m.to(device).eval().requires_grad_(False)
+        for m in (vae, unet):
+            m.to(memory_format=torch.channels_last)
         abar = float(scheduler.alphas_cumprod[cfg.t].double())
         self._models = {
             "vae": vae,
@@ -178,7 +186,7 @@ class Lare(FeatureExtractor):
         assert m is not None
         cfg = self.config
         device, dtype, k = m["device"], m["dtype"], cfg.ensemble
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(device, dtype)
+        x = image_batch(pixels, device, dtype)
         dist = m["vae"].encode(x).latent_dist
         mean, std = dist.mean.float(), dist.std.float()
         z0s, noises = [], []
@@ -195,7 +203,7 @@ class Lare(FeatureExtractor):
         zt = m["sqrt_abar"] * z0 + m["sqrt_1m_abar"] * eps
         emb = torch.cat([self._embedding(self.prompt_for(r)) for r in rows])
         eps_hat = m["unet"](
-            zt.to(dtype), cfg.t, encoder_hidden_states=emb.repeat_interleave(k, dim=0)
+            zt.to(dtype).contiguous(memory_format=torch.channels_last), cfg.t, encoder_hidden_states=emb.repeat_interleave(k, dim=0)
         ).sample.float()
         diff = eps_hat - eps
         err = diff.square() if cfg.error == "squared" else diff.abs()

@@ -135,9 +135,15 @@ def run_batches(
     seeds: dict[str, list[int]],
     batch: int = PIPELINE_BATCH,
     threads: int | None = None,
+    prefetch: bool | None = None,
 ) -> dict[str, dict[str, list[np.ndarray]]]:
     """Compute every extractor over `images` (encoded bytes), preparing batch i+1 on CPU threads
-    while the models run on batch i. Returns name -> column -> list of per-batch arrays."""
+    while the models run on batch i. Returns name -> column -> list of per-batch arrays.
+
+    `prefetch` defaults to on when a model runs on an accelerator; when every model computes on
+    the CPU, preparing ahead only competes with the models for the same cores, so batches are
+    prepared (still on the thread pool) just before they are used.
+    """
     from aigi.manifests.imagebytes import decode_rgb
 
     n = len(rows)
@@ -151,6 +157,8 @@ def run_batches(
     if not extractors or n == 0:
         return out
     workers = threads or max(1, min(8, (os.cpu_count() or 2)))
+    if prefetch is None:
+        prefetch = any(_on_accelerator(ex) for ex in extractors.values())
 
     with ThreadPoolExecutor(workers, thread_name_prefix="aigi-decode") as pool:
 
@@ -166,10 +174,10 @@ def run_batches(
         # A helper thread (not a pool worker, which would deadlock waiting on its own pool)
         # prepares the next batch while this thread runs the models.
         with ThreadPoolExecutor(1, thread_name_prefix="aigi-prefetch") as ahead:
-            nxt: Future = ahead.submit(prepare, starts[0])
+            nxt: Future | None = ahead.submit(prepare, starts[0]) if prefetch else None
             for k, lo in enumerate(starts):
-                arrays = nxt.result()
-                if k + 1 < len(starts):
+                arrays = nxt.result() if nxt is not None else prepare(lo)
+                if prefetch and k + 1 < len(starts):
                     nxt = ahead.submit(prepare, starts[k + 1])
                 hi = min(lo + batch, n)
                 for name, ex in extractors.items():
@@ -177,3 +185,11 @@ def run_batches(
                     for col, arr in res.items():
                         out[name].setdefault(col, []).append(arr)
     return out
+
+
+def _on_accelerator(extractor: FeatureExtractor) -> bool:
+    """Whether the loaded extractor computes on a GPU (or another non-CPU device)."""
+    from aigi.core.devices import resolve_device
+
+    device = getattr(extractor.config, "device", "auto")
+    return not str(resolve_device(device)).startswith("cpu")
