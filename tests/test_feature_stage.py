@@ -124,3 +124,24 @@ def test_run_batches_prefetch_gives_the_same_result_as_one_batch(models):
     parts = run_batches({"lare": ex}, data, rows, {"lare": seeds}, batch=3, threads=2)
     assert len(parts["lare"]["lare"]) == 3  # 3 + 3 + 1
     np.testing.assert_array_equal(np.concatenate(parts["lare"]["lare"]), ex.extract(ims, rows, seeds)["lare"])
+
+
+def test_float16_byte_stream_split_is_a_run_option(tmp_path, photos, models):
+    import pyarrow.parquet as pq
+
+    def encodings(store: str, ctx: RunContext) -> tuple:
+        [shard, *_] = sorted(next(ctx.run.features.glob(f"{store}-*")).glob("real/*.parquet"))
+        return pq.ParquetFile(shard).metadata.row_group(0).column(2).encodings
+
+    plain = context(tmp_path / "a", photos, {"lare": models["lare"]})
+    run_all(plain)
+    assert "BYTE_STREAM_SPLIT" not in encodings("lare", plain)  # DuckDB-readable float16 by default
+    cfg = parse_config({
+        "run": {"out": str(tmp_path / "b" / "run")},
+        "real": {"path": str(photos), "class_from_folder": True, "unit_size": 2},
+        "feature_store": {"float16_byte_stream_split": True},
+        "features": {"lare": models["lare"]},
+    })
+    split = RunContext(cfg, RunDir(tmp_path / "b" / "run").make())
+    run_all(split)
+    assert "BYTE_STREAM_SPLIT" in encodings("lare", split)

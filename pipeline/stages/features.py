@@ -119,7 +119,11 @@ class FeatureStage(Stage):
                 col: np.concatenate(parts[name][col]) if parts[name].get(col) else np.zeros((0, *shape), dtype=dtype)
                 for col, (shape, dtype) in ex.columns().items()
             }
-            write_features(out, ids, seeds[name], arrays, ex, producer, extra={"input": os.path.basename(unit.payload)})
+            write_features(
+                out, ids, seeds[name], arrays, ex, producer,
+                extra={"input": os.path.basename(unit.payload)},
+                split_float16=self.ctx.config.feature_store.float16_byte_stream_split,
+            )
             provenance[f"feature:{name}"] = {
                 "model": getattr(ex.config, "model", ""),
                 "revision": ex.model_revision(),
