@@ -55,6 +55,23 @@ def test_demo_runs_every_stage_and_prints_table(demo: tuple[Path, str]) -> None:
         assert info["models"][gen]["revision"].startswith("sha256:")
         assert info["models"][gen]["pipeline"] == "StableDiffusionPipeline"
     assert info["models"]["tiny-sd-b"]["scheduler"] == "EulerDiscreteScheduler"
+    for feature in ("lare", "dnf", "code", "dire", "anomaly", "clip_rn50"):
+        rec = info["models"][f"feature:{feature}"]
+        assert rec["revision"].startswith("sha256:") and (out / "features" / f"{feature}-{rec['fingerprint']}").is_dir()
+
+
+def test_demo_stores_every_feature_and_the_anomaly_score(demo: tuple[Path, str], capsys: pytest.CaptureFixture) -> None:
+    out, printed = demo
+    counts = row_counts(out)
+    for feature in ("lare", "dnf", "code", "dire", "anomaly", "clip_rn50"):
+        assert sum(n for k, n in counts.items() if k.startswith(f"features/{feature}-") and "/shard-" in k) == 192, feature
+    scores = pq.read_table(next(out.glob("features/anomaly-*/anomaly_scores.parquet"))).to_pylist()
+    assert sorted(r["generator"] for r in scores) == ["tiny-sd-a", "tiny-sd-b"]
+    assert all(0 < r["anomaly_score"] <= 1 and r["n_real"] == r["n_generated"] == 48 for r in scores)
+    assert "Anomaly Score per generator" in printed
+    assert main(["features", str(out)]) == 0
+    listing = capsys.readouterr().out
+    assert "layer3" in listing and "(128, 4, 4)" in listing and "192 rows" in listing
 
 
 def test_generated_rows_carry_provenance(demo: tuple[Path, str]) -> None:

@@ -26,3 +26,11 @@ def test_sd15_example_uses_released_lare_settings() -> None:
     lare = cfg.features["lare"]
     assert (lare.t, lare.ensemble, lare.img_size, lare.posterior, lare.error) == (200, 4, (256, 256), "sample", "squared")
     assert cfg.generators[0].model == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+def test_sd15_example_configures_every_feature() -> None:
+    from aigi.features.registry import names
+
+    cfg = load_config(next(p for p in EXAMPLES if p.name == "sd15-imagenet.toml"))
+    assert set(cfg.features) == set(names())
+    assert cfg.features["dnf"].mode == "released" and cfg.features["dire"].steps == 20
