@@ -49,9 +49,9 @@ import numpy as np
 
 from aigi.core.configtools import check
 from aigi.core.devices import DEVICE_RE
+from aigi.features._imaging import IMAGENET_MEAN, IMAGENET_STD, center_crop, resize_shorter
 from aigi.features._ks2d import ks2d_pvalue, ks2d_statistic
 from aigi.features.base import FLOAT_STORAGE, FeatureExtractor, check_batch, resolve_torch_device
-from aigi.features.code import IMAGENET_MEAN, IMAGENET_STD, center_crop, resize_shorter
 
 if TYPE_CHECKING:
     import torch

@@ -203,6 +203,7 @@ ANOMALY_SCORES = Schema(
             ("anomaly_score", pa.float64()),  # the 2-D KS statistic D (AS, CVPR 2024)
             ("p_value", pa.float64()),
             ("mean_as_i", pa.float64()),
+            ("n_nonfinite", pa.int64()),  # generated images left out: C or V not finite
         ]
     ),
 )

@@ -54,25 +54,31 @@ class AnomalyReportStage(Stage):
         labels = np.asarray(meta.column("label").to_pylist())[order]
         sources = np.asarray(meta.column("source").to_pylist(), dtype=object)[order]
         points = np.stack([c, v], axis=1).astype(np.float64)
-        real = points[labels == 0]
+        # A feature trajectory that does not move gives C = NaN (as the original); such images
+        # cannot enter the KS statistic. They are counted in the report, not dropped silently.
+        finite = np.isfinite(points).all(axis=1)
+        real = points[(labels == 0) & finite]
         rows = []
         for gen in sorted(set(sources[labels == 1])):
             mask = (labels == 1) & (sources == gen)
-            res = model_level_as(real, points[mask], equal_n=True, seed=self.seed) if len(real) else {}
+            usable = points[mask & finite]
+            res = model_level_as(real, usable, equal_n=True, seed=self.seed) if len(real) and len(usable) else {}
             rows.append({
                 "generator": gen,
                 "n_real": int(res.get("n_real", 0)),
-                "n_generated": int(res.get("n_generated", mask.sum())),
+                "n_generated": int(res.get("n_generated", 0)),
                 "anomaly_score": float(res.get("as", np.nan)),
                 "p_value": float(res.get("p_value", np.nan)),
-                "mean_as_i": float(np.mean(asi[mask])),
+                "mean_as_i": float(np.mean(asi[mask & finite])) if (mask & finite).any() else float("nan"),
+                "n_nonfinite": int((mask & ~finite).sum()),
             })
         write_shard({k: [r[k] for r in rows] for k in ANOMALY_SCORES.arrow.names}, unit.output, ANOMALY_SCORES, unit.producer)
-        Path(unit.output).with_suffix(".md").write_text(markdown(rows), encoding="utf-8")
+        n_real_bad = int(((labels == 0) & ~finite).sum())
+        Path(unit.output).with_suffix(".md").write_text(markdown(rows, n_real_bad), encoding="utf-8")
         return {"items": len(ids), "rows": rows}
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def markdown(rows: list[dict[str, Any]], n_real_nonfinite: int = 0) -> str:
     lines = [
         "# Anomaly Score per generator",
         "",
@@ -81,12 +87,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         "samples (the larger set is subsampled with the run seed, as the authors require equal N).",
         "Higher is more anomalous. The p-value is the analytic approximation (meaningful for N ≳ 20).",
         "",
-        "| generator | n real | n generated | AS | p-value | mean AS-i |",
-        "|---|---|---|---|---|---|",
+        f"Images whose complexity or vulnerability is not finite are left out: {n_real_nonfinite} real, "
+        "and per generator in the last column.",
+        "",
+        "| generator | n real | n generated | AS | p-value | mean AS-i | left out |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['generator']} | {r['n_real']} | {r['n_generated']} | {r['anomaly_score']:.4f} | "
-            f"{r['p_value']:.3g} | {r['mean_as_i']:.4f} |"
+            f"{r['p_value']:.3g} | {r['mean_as_i']:.4f} | {r['n_nonfinite']} |"
         )
     return "\n".join(lines) + "\n"
