@@ -77,6 +77,7 @@ def run_stages(
     `StageFailed` naming every failed unit; a re-run redoes only what is missing.
     """
     stream = stream or sys.stdout
+    forget_other_plans(logs, [s.label for s in stages])
     results = []
     for order, stage in enumerate(stages):
         t0 = time.perf_counter()
@@ -114,6 +115,16 @@ def run_stages(
             )
         )
     return results
+
+
+def forget_other_plans(logs: Path, labels: list[str]) -> None:
+    """Remove the recorded plans of stages this config no longer has (a feature group that
+    changed its members, a generator removed), so `aigi status` shows the run as configured.
+    Their outputs stay on disk."""
+    keep = {plan_path(logs, label) for label in labels}
+    for p in (logs / "plans").glob("*.json"):
+        if p not in keep:
+            p.unlink()
 
 
 def stage_status(logs: Path) -> list[dict[str, Any]]:

@@ -145,3 +145,14 @@ def test_float16_byte_stream_split_is_a_run_option(tmp_path, photos, models):
     split = RunContext(cfg, RunDir(tmp_path / "b" / "run").make())
     run_all(split)
     assert "BYTE_STREAM_SPLIT" in encodings("lare", split)
+
+
+def test_status_shows_the_current_feature_group_only(tmp_path, photos, models):
+    from aigi.pipeline.runner import stage_status
+
+    run_all(context(tmp_path, photos, {"lare": models["lare"]}))
+    ctx = context(tmp_path, photos, {"lare": models["lare"], "clip_rn50": models["clip_rn50"]})
+    run_all(ctx)
+    rows = {r["stage"]: r for r in stage_status(ctx.run.logs)}
+    assert "features/lare" not in rows
+    assert rows["features/lare+clip_rn50"]["done"] == rows["features/lare+clip_rn50"]["total"] == 3
