@@ -48,10 +48,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from aigi.core.configtools import check
-from aigi.core.devices import DEVICE_RE
 from aigi.features._imaging import IMAGENET_MEAN, IMAGENET_STD, center_crop, resize_shorter
 from aigi.features._ks2d import ks2d_pvalue, ks2d_statistic
-from aigi.features.base import FLOAT_STORAGE, FeatureExtractor, check_batch, resolve_torch_device
+from aigi.features.base import (
+    FeatureExtractor,
+    check_batch,
+    check_common,
+    resolve_torch_device,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -82,7 +86,7 @@ class AnomalyConfig:
     NOT_FINGERPRINTED: ClassVar[tuple[str, ...]] = ("batch_size", "device")
 
     def __post_init__(self) -> None:
-        check(bool(self.model), "model", "must name a model id or a local folder")
+        check_common(self)
         check(self.img_size > 0, "img_size", f"must be > 0, got {self.img_size}")
         check(self.complexity_steps >= 2, "complexity_steps", f"must be >= 2 (one turning angle needs 3 points), got {self.complexity_steps}")
         check(self.complexity_eps > 0, "complexity_eps", f"must be > 0, got {self.complexity_eps}")
@@ -91,10 +95,6 @@ class AnomalyConfig:
         check(0 < self.vulnerability_eps <= 1, "vulnerability_eps", f"must be in (0, 1], got {self.vulnerability_eps}")
         check(self.vulnerability_alpha > 0, "vulnerability_alpha", f"must be > 0, got {self.vulnerability_alpha}")
         check(self.vulnerability_steps >= 1, "vulnerability_steps", f"must be >= 1, got {self.vulnerability_steps}")
-        check(self.dtype in ("float32", "float16", "bfloat16"), "dtype", f"must be float32, float16 or bfloat16, got {self.dtype!r}")
-        check(self.storage_dtype in FLOAT_STORAGE, "storage_dtype", f"must be float32 or float16, got {self.storage_dtype!r}")
-        check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
-        check(bool(DEVICE_RE.match(self.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 class Anomaly(FeatureExtractor):

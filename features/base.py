@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 #: What a config's `storage_dtype` may be for float features.
 FLOAT_STORAGE = ("float16", "float32")
+#: What a config's `dtype` (the model's compute dtype) may be.
+COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 
 
 class FeatureExtractor:
@@ -128,6 +130,18 @@ def _weights_identity(model: str, revision: str, resolved: str) -> dict[str, str
     if Path(model).is_dir():
         return {"resolved": resolved}
     return {"id": model, "resolved": resolved}
+
+
+def check_common(cfg: Any) -> None:
+    """The keys every extractor config has: model, dtype, storage_dtype, batch_size, device."""
+    from aigi.core.configtools import check
+    from aigi.core.devices import DEVICE_RE
+
+    check(bool(cfg.model), "model", "must name a hub id or a local folder")
+    check(cfg.dtype in COMPUTE_DTYPES, "dtype", f"must be float32, float16 or bfloat16, got {cfg.dtype!r}")
+    check(cfg.storage_dtype in FLOAT_STORAGE, "storage_dtype", f"must be float32 or float16, got {cfg.storage_dtype!r}")
+    check(cfg.batch_size > 0, "batch_size", f"must be > 0, got {cfg.batch_size}")
+    check(bool(DEVICE_RE.match(cfg.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
 
 
 def check_batch(name: str, batch: Any, rows: list, seeds: list) -> None:

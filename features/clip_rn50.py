@@ -45,11 +45,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from aigi.core.configtools import check
-from aigi.core.devices import DEVICE_RE
 from aigi.features.base import (
-    FLOAT_STORAGE,
     FeatureExtractor,
     check_batch,
+    check_common,
     image_batch,
     resolve_torch_device,
 )
@@ -88,7 +87,7 @@ class ClipRn50Config:
     NOT_FINGERPRINTED: ClassVar[tuple[str, ...]] = ("batch_size", "device")
 
     def __post_init__(self) -> None:
-        check(bool(self.model), "model", "must name a hub id or a local folder")
+        check_common(self)
         check(
             not self.model.startswith(("hf-hub:", "local-dir:")),
             "model",
@@ -103,10 +102,6 @@ class ClipRn50Config:
         check(self.embed_dim > 0, "embed_dim", f"must be > 0, got {self.embed_dim}")
         check(self.pad_mode in ("reflect101", "zeros"), "pad_mode", f"must be reflect101 or zeros, got {self.pad_mode!r}")
         check(self.normalization in NORMALIZATIONS, "normalization", f"must be imagenet or clip, got {self.normalization!r}")
-        check(self.dtype in ("float32", "float16", "bfloat16"), "dtype", f"must be float32, float16 or bfloat16, got {self.dtype!r}")
-        check(self.storage_dtype in FLOAT_STORAGE, "storage_dtype", f"must be float32 or float16, got {self.storage_dtype!r}")
-        check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
-        check(bool(DEVICE_RE.match(self.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 class ClipRn50(FeatureExtractor):

@@ -37,9 +37,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from aigi.core.configtools import check
-from aigi.core.devices import DEVICE_RE
 from aigi.features._imaging import IMAGENET_MEAN, IMAGENET_STD, center_crop, resize_shorter
-from aigi.features.base import FLOAT_STORAGE, FeatureExtractor, check_batch, resolve_torch_device
+from aigi.features.base import (
+    FeatureExtractor,
+    check_batch,
+    check_common,
+    resolve_torch_device,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -62,7 +66,7 @@ class CodeConfig:
     NOT_FINGERPRINTED: ClassVar[tuple[str, ...]] = ("batch_size", "device")
 
     def __post_init__(self) -> None:
-        check(bool(self.model), "model", "must name a model id or a local folder")
+        check_common(self)
         check(self.preprocess in ("crop", "resize_crop"), "preprocess", f"must be crop or resize_crop, got {self.preprocess!r}")
         check(self.crop_size > 0, "crop_size", f"must be > 0, got {self.crop_size}")
         check(
@@ -71,10 +75,6 @@ class CodeConfig:
             f"must be >= crop_size ({self.crop_size}), got {self.resize_size}",
         )
         check(self.dim > 0, "dim", f"must be > 0, got {self.dim}")
-        check(self.dtype in ("float32", "float16", "bfloat16"), "dtype", f"must be float32, float16 or bfloat16, got {self.dtype!r}")
-        check(self.storage_dtype in FLOAT_STORAGE, "storage_dtype", f"must be float32 or float16, got {self.storage_dtype!r}")
-        check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
-        check(bool(DEVICE_RE.match(self.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 class Code(FeatureExtractor):

@@ -58,11 +58,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from aigi.core.configtools import Invalid, check
-from aigi.core.devices import DEVICE_RE
 from aigi.features.base import (
-    FLOAT_STORAGE,
     FeatureExtractor,
     check_batch,
+    check_common,
     image_batch,
     resolve_torch_device,
 )
@@ -90,16 +89,12 @@ class DireConfig:
     NOT_FINGERPRINTED: ClassVar[tuple[str, ...]] = ("batch_size", "device")
 
     def __post_init__(self) -> None:
-        check(bool(self.model), "model", "must name a model id or a local folder")
+        check_common(self)
         check(self.layout in ("root", "pipeline"), "layout", f"must be root or pipeline, got {self.layout!r}")
         check(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
         check(isinstance(self.clip_denoised, bool), "clip_denoised", f"must be true or false, got {self.clip_denoised!r}")
         check(self.encoding in ("faithful", "clean"), "encoding", f"must be faithful or clean, got {self.encoding!r}")
         check(self.img_size > 0, "img_size", f"must be > 0, got {self.img_size}")
-        check(self.dtype in ("float32", "float16", "bfloat16"), "dtype", f"must be float32, float16 or bfloat16, got {self.dtype!r}")
-        check(self.storage_dtype in FLOAT_STORAGE, "storage_dtype", f"must be float32 or float16, got {self.storage_dtype!r}")
-        check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
-        check(bool(DEVICE_RE.match(self.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 class Dire(FeatureExtractor):

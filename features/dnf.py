@@ -39,11 +39,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from aigi.core.configtools import check
-from aigi.core.devices import DEVICE_RE
 from aigi.features.base import (
-    FLOAT_STORAGE,
     FeatureExtractor,
     check_batch,
+    check_common,
     image_batch,
     resolve_torch_device,
 )
@@ -71,16 +70,12 @@ class DnfConfig:
     NOT_FINGERPRINTED: ClassVar[tuple[str, ...]] = ("batch_size", "device")
 
     def __post_init__(self) -> None:
-        check(bool(self.model), "model", "must name a model id or a local folder")
+        check_common(self)
         check(self.layout in ("root", "pipeline"), "layout", f"must be root or pipeline, got {self.layout!r}")
         check(self.mode in ("released", "inversion"), "mode", f"must be released or inversion, got {self.mode!r}")
         check(self.inversion_steps > 0, "inversion_steps", f"must be > 0, got {self.inversion_steps}")
         check(self.encoding in ("faithful", "clean"), "encoding", f"must be faithful or clean, got {self.encoding!r}")
         check(self.img_size > 0, "img_size", f"must be > 0, got {self.img_size}")
-        check(self.dtype in ("float32", "float16", "bfloat16"), "dtype", f"must be float32, float16 or bfloat16, got {self.dtype!r}")
-        check(self.storage_dtype in FLOAT_STORAGE, "storage_dtype", f"must be float32 or float16, got {self.storage_dtype!r}")
-        check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
-        check(bool(DEVICE_RE.match(self.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 class Dnf(FeatureExtractor):

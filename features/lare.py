@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from aigi.core.configtools import check
-from aigi.core.devices import DEVICE_RE
 from aigi.core.lru import LRU
 from aigi.features.base import (
-    FLOAT_STORAGE,
     FeatureExtractor,
     check_batch,
+    check_common,
     image_batch,
     resolve_torch_device,
 )
@@ -65,7 +64,7 @@ class LareConfig:
     NOT_FINGERPRINTED: ClassVar[tuple[str, ...]] = ("batch_size", "device")
 
     def __post_init__(self) -> None:
-        check(bool(self.model), "model", "must name a model id or a local folder")
+        check_common(self)
         check(0 <= self.t < 1000, "t", f"must be in [0, 1000), got {self.t}")
         check(self.ensemble > 0, "ensemble", f"must be > 0, got {self.ensemble}")
         check(
@@ -77,10 +76,6 @@ class LareConfig:
         check("{class}" in self.prompt_template, "prompt_template", f"must contain {{class}}, got {self.prompt_template!r}")
         check(self.posterior in ("sample", "mode"), "posterior", f"must be sample or mode, got {self.posterior!r}")
         check(self.error in ("squared", "abs"), "error", f"must be squared or abs, got {self.error!r}")
-        check(self.dtype in ("float32", "float16", "bfloat16"), "dtype", f"must be float32, float16 or bfloat16, got {self.dtype!r}")
-        check(self.storage_dtype in FLOAT_STORAGE, "storage_dtype", f"must be float32 or float16, got {self.storage_dtype!r}")
-        check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
-        check(bool(DEVICE_RE.match(self.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 class Lare(FeatureExtractor):
