@@ -77,6 +77,9 @@ def convert(tp: Any, value: Any, key: str, file: str) -> Any:
             return None
         if len(args) == 1:  # Optional[X]: X's own, more precise error
             return convert(args[0], value, key, file)
+        tables = [a for a in args if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(tables) == 1:  # a table can only be that one: its error
+            return convert(tables[0], value, key, file)
         for a in args:
             try:
                 return convert(a, value, key, file)

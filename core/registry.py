@@ -16,7 +16,7 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 # Infrastructure modules that live beside the entries but are not entries.
-RESERVED = frozenset({"base", "registry", "tiny", "store", "metrics", "report", "preprocess"})
+RESERVED = frozenset({"base", "registry", "tiny", "store", "metrics", "report", "preprocess", "settings"})
 
 
 class UnknownEntry(KeyError):
@@ -43,7 +43,11 @@ class Registry(Generic[T]):
             raise UnknownEntry(
                 f"unknown {self.kind} {name!r}; registered: {', '.join(self.names()) or 'none'}"
             )
-        module = importlib.import_module(f"{self.package}.{name}")
+        try:
+            module = importlib.import_module(f"{self.package}.{name}")
+        except ImportError as e:  # this entry alone is unusable; its siblings are not affected
+            missing = f" (pip install {e.name})" if getattr(e, "name", None) else ""
+            raise ImportError(f"{self.kind} {name!r} cannot be imported: {e}{missing}") from e
         found = [
             obj
             for obj in vars(module).values()

@@ -52,7 +52,7 @@ def _hf_dtype(t: pa.DataType) -> str:
 
 IMAGES = Schema(
     name="aigi.images",
-    version=1,
+    version=2,
     arrow=pa.schema(
         [
             ("image_id", pa.string()),
@@ -73,11 +73,13 @@ IMAGES = Schema(
             ("revision", pa.string()),
             ("pipeline", pa.string()),
             ("scheduler", pa.string()),
+            ("scheduler_config", pa.string()),  # hash of the scheduler's config
             ("steps", pa.int32()),
-            ("guidance", pa.float32()),
+            ("guidance", pa.float64()),  # the value used, exactly
             ("seed", pa.int64()),
             ("dtype", pa.string()),
             ("negative_prompt", pa.string()),
+            ("safety_checker", pa.bool_()),  # whether a safety checker ran (it can blank images)
             # real images: where the item came from, relative to its source root
             ("origin", pa.string()),
         ]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from aigi.core.configtools import ConfigError, build, check, to_dict
+from aigi.core.configtools import ConfigError, Invalid, build, check, to_dict
 from aigi.generators.base import NAME_RE, GeneratorConfig
 
 if sys.version_info >= (3, 11):
@@ -176,6 +176,16 @@ def parse_config(data: dict[str, Any], file: str = "<config>", out: str | None =
         if g.name in seen:
             raise ConfigError(f"{file}: generators[{i}].name: duplicate generator name {g.name!r}")
         seen.add(g.name)
+        family = generator_registry.get(g.family)
+        try:
+            family.check_config(g)
+        except Invalid as e:
+            raise ConfigError(f"{file}: generators[{i}].{e.key}: {e.message}") from None
+        if family.conditioning == "class" and cfg.prompts is not None and cfg.prompts.source != "classes":
+            raise ConfigError(
+                f"{file}: generators[{i}].family: {g.family!r} is class-conditional and needs ImageNet "
+                f'class prompts ([prompts] source = "classes"), got source = {cfg.prompts.source!r}'
+            )
     if cfg.generators and cfg.prompts is None:
         raise ConfigError(f"{file}: prompts: generators are configured but there is no [prompts] table")
     if cfg.real is not None and cfg.real.name in seen:

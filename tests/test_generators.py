@@ -19,7 +19,18 @@ from aigi.manifests.revision import resolve_revision  # noqa: E402
 
 PROMPTS = ["a photo of the cat", "a painting of a house", "the dog on the beach"]
 SEEDS = [11, 22, 33]
-KEYS = {"model", "revision", "pipeline", "scheduler", "dtype"}
+KEYS = {"model", "revision", "pipeline", "scheduler", "scheduler_config", "dtype", "safety_checker"}
+CLASSES = [1, 2, 3]
+
+
+def settings_of(cfg, **changes):
+    from aigi.generators.settings import draw
+
+    return dataclasses.replace(draw(cfg, 0), **changes)
+
+
+def gen_images(gen, prompts, seeds, **changes):
+    return gen.generate(prompts, CLASSES[: len(prompts)], seeds, settings_of(gen.config, **changes))
 
 _BUILT: dict[str, tuple] = {}
 
@@ -68,36 +79,39 @@ def test_tiny_config_names_its_family_and_folder(built):
 
 def test_images_have_config_size_and_rgb(loaded):
     gen, _ = loaded
-    images = gen.generate(PROMPTS, SEEDS)
+    images = gen_images(gen, PROMPTS, SEEDS)
     assert len(images) == 3
+    st = settings_of(gen.config)
     for im in images:
-        assert im.size == tuple(gen.config.size)
+        if "size" in type(gen).honours:
+            assert im.size == (st.width, st.height)
         assert im.mode == "RGB"
 
 
 def test_same_seed_same_pixels_different_seed_different_pixels(loaded):
     gen, _ = loaded
-    a = _px(gen.generate(PROMPTS[:1], SEEDS[:1])[0])
-    b = _px(gen.generate(PROMPTS[:1], SEEDS[:1])[0])
-    c = _px(gen.generate(PROMPTS[:1], [SEEDS[0] + 1])[0])
+    a = _px(gen_images(gen, PROMPTS[:1], SEEDS[:1])[0])
+    b = _px(gen_images(gen, PROMPTS[:1], SEEDS[:1])[0])
+    c = _px(gen_images(gen, PROMPTS[:1], [SEEDS[0] + 1])[0])
     assert np.array_equal(a, b)
     assert np.abs(a - c).mean() > 1.0
 
 
 def test_image_depends_only_on_its_prompt_and_seed(loaded):
     gen, _ = loaded
-    batch = gen.generate(PROMPTS, SEEDS)
-    alone = gen.generate([PROMPTS[1]], [SEEDS[1]])[0]
+    batch = gen_images(gen, PROMPTS, SEEDS)
+    alone = gen.generate([PROMPTS[1]], [CLASSES[1]], [SEEDS[1]], settings_of(gen.config))[0]
     assert np.allclose(_px(batch[1]), _px(alone), atol=2)
-    reversed_batch = gen.generate(PROMPTS[::-1], SEEDS[::-1])
+    reversed_batch = gen.generate(PROMPTS[::-1], CLASSES[::-1], SEEDS[::-1], settings_of(gen.config))
     for x, y in zip(batch, reversed_batch[::-1], strict=True):
         assert np.allclose(_px(x), _px(y), atol=2)
 
 
 def test_provenance(loaded):
     gen, folder = loaded
-    prov = gen.provenance()
+    prov = gen.provenance(settings_of(gen.config))
     assert KEYS <= set(prov)
+    assert all(prov[k] not in (None, "") for k in KEYS - {"safety_checker"})
     assert prov["model"] == gen.config.model
     assert prov["dtype"] == gen.config.dtype
     assert prov["revision"] and prov["revision"] == resolve_revision(str(folder))
@@ -131,7 +145,7 @@ def test_sd_matches_plain_diffusers_pipeline(sd):
     cfg = dataclasses.replace(cfg, size=(64, 48), negative_prompt="blurry", guidance=4.0, batch_size=2)
     gen = cls(cfg)
     gen.load("cpu")
-    ours = gen.generate(PROMPTS, SEEDS)
+    ours = gen_images(gen, PROMPTS, SEEDS)
 
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
@@ -150,7 +164,7 @@ def test_sd_matches_plain_diffusers_pipeline(sd):
     # The negative prompt is really applied: without it the pixels change.
     plain = cls(dataclasses.replace(cfg, negative_prompt=""))
     plain.load("cpu")
-    assert np.abs(_px(plain.generate(PROMPTS[:1], SEEDS[:1])[0]) - _px(ours[0])).mean() > 0.5
+    assert np.abs(_px(gen_images(plain, PROMPTS[:1], SEEDS[:1])[0]) - _px(ours[0])).mean() > 0.5
 
 
 def test_sd_encodes_each_distinct_prompt_once(sd, monkeypatch):
@@ -167,9 +181,10 @@ def test_sd_encodes_each_distinct_prompt_once(sd, monkeypatch):
         return original(prompt, *args, **kwargs)
 
     monkeypatch.setattr(gen.pipe, "encode_prompt", counting)
-    gen.generate(["a cat", "a cat", "a dog", "a cat"], [1, 2, 3, 4])
+    st = settings_of(cfg)
+    gen.generate(["a cat", "a cat", "a dog", "a cat"], [None] * 4, [1, 2, 3, 4], st)
     assert sorted(encoded) == ["", "a cat", "a dog"]
-    gen.generate(["a dog", "a cat"], [5, 6])
+    gen.generate(["a dog", "a cat"], [None] * 2, [5, 6], st)
     assert sorted(encoded) == ["", "a cat", "a dog"]
 
 
@@ -178,12 +193,18 @@ def test_sd_scheduler_override_and_default(sd):
     saved = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
     default = cls(cfg)
     default.load("cpu")
-    assert default.provenance()["scheduler"] == saved
+    assert default.provenance(settings_of(cfg))["scheduler"] == saved
     assert saved != "EulerDiscreteScheduler"
-    euler = cls(dataclasses.replace(cfg, scheduler="EulerDiscreteScheduler"))
-    euler.load("cpu")
-    assert euler.provenance()["scheduler"] == "EulerDiscreteScheduler"
-    assert euler.generate(PROMPTS[:1], SEEDS[:1])[0].size == tuple(cfg.size)
+    both = cls(dataclasses.replace(cfg, scheduler=("", "DPMSolverMultistepScheduler")))
+    both.load("cpu")
+    euler = settings_of(cfg, scheduler="DPMSolverMultistepScheduler")
+    prov = both.provenance(euler)
+    assert prov["scheduler"] == "DPMSolverMultistepScheduler"
+    assert prov["scheduler_config"] != both.provenance(settings_of(cfg))["scheduler_config"]
+    # (not Euler: DDIM and Euler integrate the same ODE the same way and give the same pixels)
+    a = both.generate(PROMPTS[:1], [None], SEEDS[:1], euler)[0]
+    b = both.generate(PROMPTS[:1], [None], SEEDS[:1], settings_of(cfg))[0]
+    assert a.size == tuple(cfg.size) and np.abs(_px(a) - _px(b)).mean() > 0.5
 
 
 def test_sd_unknown_scheduler_is_a_clear_error(sd):
@@ -213,7 +234,7 @@ def test_sd_pickling_a_loaded_generator_ships_only_the_config(sd):
 def test_sd_generate_before_load_is_a_clear_error(sd):
     cls, _, cfg = sd
     with pytest.raises(RuntimeError, match="load"):
-        cls(cfg).generate(PROMPTS[:1], SEEDS[:1])
+        cls(cfg).generate(PROMPTS[:1], [None], SEEDS[:1], settings_of(cfg))
 
 
 # ---------------------------------------------------------------- model revisions

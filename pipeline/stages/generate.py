@@ -1,18 +1,31 @@
-"""Stage: generate images with one configured generator, a shard per unit of prompts × k."""
+"""Stage: generate images with one configured generator, a shard per unit of prompts × k.
+
+A unit carries the prompts shard and a range of (prompt, k) items, not prompt text, so planning
+a caption corpus of millions of prompts stays small. Each image draws its sampling settings
+from its seed; images of equal settings are generated together, in batches, and while the model
+makes one batch a thread pool encodes the previous one to PNG. A batch that runs out of GPU
+memory is split in halves and retried (counted in the unit's summary) instead of failing the run.
+"""
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from aigi.generators.base import Generator, GeneratorConfig
+from aigi.generators.settings import Settings, draw
 from aigi.manifests.ids import content_id, derive_seed, fingerprint, sha256_bytes
 from aigi.manifests.imagebytes import encode_png
 from aigi.manifests.schema import IMAGES, PROMPTS
-from aigi.manifests.shards import read_shard, write_shard
+from aigi.manifests.shards import check_shard, write_shard
 from aigi.pipeline.stage import RunContext, Stage, Unit
-from aigi.pipeline.stages.common import chunks, shard_index
+from aigi.pipeline.stages.common import shard_index
+
+PROMPT_COLUMNS = ["prompt_id", "prompt", "class_id", "class_name"]
+ENCODE_THREADS = 4
 
 
 class GenerateStage(Stage):
@@ -22,29 +35,26 @@ class GenerateStage(Stage):
     def __init__(self, ctx: RunContext, gen: GeneratorConfig) -> None:
         super().__init__(ctx)
         self.gen = gen
+        self._fp = gen.fingerprint()  # resolves the weights once (a folder's hash)
 
     @property
     def label(self) -> str:
         return f"generate/{self.gen.name}"
 
     def plan(self) -> list[Unit]:
-        prompts = read_shard(self.ctx.run.prompts / "prompts.parquet", PROMPTS).to_pylist()
-        items = [
-            (p["prompt_id"], p["prompt"], p["class_id"], p["class_name"], k)
-            for p in prompts
-            for k in range(self.gen.images_per_prompt)
-        ]
-        gen_fp = self.gen.fingerprint()
-        seed = self.ctx.config.run.seed
-        units = []
-        for i, chunk in enumerate(chunks(items, self.gen.unit_size)):
-            producer = fingerprint(["generate", gen_fp, seed, [(it[0], it[4]) for it in chunk]])
-            out = self.ctx.run.image_dir(self.gen.name) / f"{shard_index(i)}.parquet"
-            units.append(Unit(self.label, f"{self.gen.name}/{shard_index(i)}", str(out), producer, len(chunk), chunk))
-        return units
+        path = self.ctx.run.prompts / "prompts.parquet"
+        check_shard(path, PROMPTS)
+        ids = pq.read_table(path, columns=["prompt_id"]).column("prompt_id").to_pylist()
+        return plan_units(self, str(path), ids)
+
+    def preview(self) -> tuple[int, int]:
+        from aigi.prompts.table import build_prompt_table
+
+        n = len(build_prompt_table(self.ctx.config.prompts)) * self.gen.images_per_prompt
+        return -(-n // self.gen.unit_size), n
 
     def setup_key(self) -> str:
-        return f"generator:{self.gen.name}:{self.gen.fingerprint()}"
+        return f"generator:{self.gen.name}:{self._fp}"
 
     def device_request(self) -> str:
         return self.gen.device
@@ -57,42 +67,126 @@ class GenerateStage(Stage):
         return generator
 
     def process(self, unit: Unit, state: Generator) -> dict[str, Any]:
-        seed = self.ctx.config.run.seed
-        gen_fp = self.gen.fingerprint()
-        seeds = [derive_seed(seed, self.gen.name, pid, k) for pid, _, _, _, k in unit.payload]
-        images = state.generate([it[1] for it in unit.payload], seeds)
-        prov = state.provenance()
-        rows = []
-        for (pid, prompt, class_id, class_name, _k), s, img in zip(unit.payload, seeds, images, strict=True):
-            data = encode_png(img)
-            image_id = content_id("generated", gen_fp, pid, s)
-            rows.append(
-                {
-                    "image_id": image_id,
-                    "image": {"bytes": data, "path": f"{image_id}.png"},
-                    "label": 1,
-                    "source": self.gen.name,
-                    "sha256": sha256_bytes(data),
-                    "width": img.width,
-                    "height": img.height,
-                    "format": "PNG",
-                    "jpeg_quality": None,
-                    "prompt_id": pid,
-                    "prompt": prompt,
-                    "class_id": class_id,
-                    "class_name": class_name,
-                    "model": prov["model"],
-                    "revision": prov["revision"],
-                    "pipeline": prov["pipeline"],
-                    "scheduler": prov["scheduler"],
-                    "steps": self.gen.steps,
-                    "guidance": self.gen.guidance,
-                    "seed": s,
-                    "dtype": prov["dtype"],
-                    "negative_prompt": self.gen.negative_prompt or None,
-                    "origin": None,
-                }
-            )
+        items = read_items(unit.payload)
+        run_seed = self.ctx.config.run.seed
+        seeds = [derive_seed(run_seed, self.gen.name, it["prompt_id"], it["k"]) for it in items]
+        settings = [draw(self.gen, s) for s in seeds]
+        groups: dict[Settings, list[int]] = {}
+        for i, st in enumerate(settings):
+            groups.setdefault(st, []).append(i)
+        rows: list[dict[str, Any] | None] = [None] * len(items)
+        stats = {"oom_retries": 0}
+        provenance = {}
+        with ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="aigi-png") as pool:
+            pending: list[tuple[list[int], Future]] = []
+            for st, idx in groups.items():
+                prov = state.provenance(st)
+                provenance[prov["scheduler"]] = prov
+                for lo in range(0, len(idx), self.gen.batch_size):
+                    batch = idx[lo : lo + self.gen.batch_size]
+                    images = generate_with_retry(
+                        state, [items[i]["prompt"] for i in batch], [items[i]["class_id"] for i in batch],
+                        [seeds[i] for i in batch], st, stats,
+                    )
+                    # PNG encoding of this batch overlaps the model's next batch.
+                    pending.append((batch, pool.submit(lambda ims: [encode_png(im) for im in ims], images)))
+                    for i, im in zip(batch, images, strict=True):
+                        rows[i] = self._row(items[i], seeds[i], st, prov, im)
+            for batch, fut in pending:
+                for i, data in zip(batch, fut.result(), strict=True):
+                    row = rows[i]
+                    assert row is not None
+                    row["image"] = {"bytes": data, "path": f"{row['image_id']}.png"}
+                    row["sha256"] = sha256_bytes(data)
         table = pa.Table.from_pylist(rows, schema=IMAGES.arrow)
-        write_shard(table, unit.output, IMAGES, unit.producer, extra={"generator": self.gen.name, "provenance": prov})
-        return {"items": len(rows), "provenance": {self.gen.name: prov}}
+        first = next(iter(provenance.values()))
+        write_shard(table, unit.output, IMAGES, unit.producer, extra={"generator": self.gen.name, "provenance": first})
+        return {"items": len(rows), "provenance": {self.gen.name: first}, **stats}
+
+    def _row(self, item: dict[str, Any], seed: int, st: Settings, prov: dict[str, Any], im: Any) -> dict[str, Any]:
+        from aigi.generators.registry import get
+
+        honours = get(self.gen.family).honours
+        image_id = content_id("generated", self._fp, item["prompt_id"], seed)
+        return {
+            "image_id": image_id,
+            "image": None,
+            "label": 1,
+            "source": self.gen.name,
+            "sha256": None,
+            "width": im.width,
+            "height": im.height,
+            "format": "PNG",
+            "jpeg_quality": None,
+            "prompt_id": item["prompt_id"],
+            "prompt": item["prompt"],
+            "class_id": item["class_id"],
+            "class_name": item["class_name"],
+            "model": prov["model"],
+            "revision": prov["revision"],
+            "pipeline": prov["pipeline"],
+            "scheduler": prov["scheduler"],
+            "scheduler_config": prov["scheduler_config"],
+            "steps": st.steps if "steps" in honours else None,
+            "guidance": st.guidance if "guidance" in honours else None,
+            "seed": seed,
+            "dtype": prov["dtype"],
+            "negative_prompt": (st.negative_prompt or None) if "negative_prompt" in honours else None,
+            "safety_checker": bool(prov["safety_checker"]),
+            "origin": None,
+        }
+
+
+def plan_units(stage: GenerateStage, prompts_path: str, prompt_ids: list[str]) -> list[Unit]:
+    """Units of `unit_size` consecutive (prompt, k) items; the payload is a row range."""
+    gen, k = stage.gen, stage.gen.images_per_prompt
+    run_seed = stage.ctx.config.run.seed
+    n = len(prompt_ids) * k
+    units = []
+    for i, lo in enumerate(range(0, n, gen.unit_size)):
+        hi = min(lo + gen.unit_size, n)
+        # The unit's prompts (by id) name its output: an edited prompt list is new work.
+        producer = fingerprint(["generate", stage._fp, run_seed, prompt_ids[lo // k : (hi - 1) // k + 1], lo % k, hi - lo, k])
+        out = stage.ctx.run.image_dir(gen.name) / f"{shard_index(i)}.parquet"
+        payload = {"prompts": prompts_path, "lo": lo, "hi": hi, "per_prompt": k}
+        units.append(Unit(stage.label, f"{gen.name}/{shard_index(i)}", str(out), producer, hi - lo, payload))
+    return units
+
+
+def read_items(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The unit's (prompt row, k) items, reading only the row groups that hold them."""
+    k, lo, hi = payload["per_prompt"], payload["lo"], payload["hi"]
+    first, last = lo // k, (hi - 1) // k
+    pf = pq.ParquetFile(payload["prompts"])
+    groups, start, offset = [], 0, None
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if start + n > first and start <= last:
+            groups.append(g)
+            offset = start if offset is None else offset
+        start += n
+    rows = pf.read_row_groups(groups, columns=PROMPT_COLUMNS).to_pylist() if groups else []
+    out = []
+    for j in range(lo, hi):
+        row = rows[j // k - (offset or 0)]
+        out.append({**row, "k": j % k})
+    return out
+
+
+def generate_with_retry(
+    state: Generator, prompts: list[str], class_ids: list[int | None], seeds: list[int],
+    settings: Settings, stats: dict[str, int],
+) -> list[Any]:
+    """Generate; on CUDA out-of-memory, free the cache and retry the two halves (down to one)."""
+    import torch
+
+    try:
+        return state.generate(prompts, class_ids, seeds, settings)
+    except torch.cuda.OutOfMemoryError:
+        if len(prompts) == 1:
+            raise
+        torch.cuda.empty_cache()
+        stats["oom_retries"] += 1
+        h = len(prompts) // 2
+        return (generate_with_retry(state, prompts[:h], class_ids[:h], seeds[:h], settings, stats)
+                + generate_with_retry(state, prompts[h:], class_ids[h:], seeds[h:], settings, stats))
