@@ -27,6 +27,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from aigi.pipeline.config import load_config
 
     config = load_config(args.config, out=args.out)
+    if args.plan:
+        from aigi.pipeline.run import preview
+
+        print(f"{args.config}: valid. Stages of a run into {config.run.out}:")
+        preview(config)
+        return 0
     text = Path(args.config).read_text(encoding="utf-8")
     report = _run(config, text, args)
     _print_summary(report)
@@ -179,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "Finished units are skipped; missing ones are done.")
     sp.add_argument("config", help="the run config (TOML)")
     sp.add_argument("--out", help="run directory (overrides [run] out)")
+    sp.add_argument("--plan", action="store_true", help="validate the config and print the stages and "
+                    "their unit counts without running anything (loads no model, writes nothing)")
     add_exec_flags(sp)
     sp.set_defaults(func=_cmd_run)
 

@@ -50,6 +50,29 @@ def build_stages(ctx: RunContext) -> list[Stage]:
     return stages
 
 
+def preview(config: RunConfig, stream: TextIO | None = None) -> list[tuple[str, tuple[int, int] | None]]:
+    """Validate a config and print its stages with their unit counts, running nothing.
+
+    Nothing is written; the run directory is not created. Stages that plan from the outputs of
+    earlier ones (hashes, splits, features, detectors) are listed without counts."""
+    stream = stream or sys.stdout
+    ctx = RunContext(config=config, run=RunDir(Path(config.run.out)))
+    rows = []
+    for stage in build_stages(ctx):
+        try:
+            counts = stage.preview()
+        except FileNotFoundError as e:  # an input not on this machine: say so, plan the rest
+            rows.append((stage.label, None))
+            stream.write(f"  {stage.label:<40} input missing here: {e}\n")
+            continue
+        rows.append((stage.label, counts))
+        if counts is None:
+            stream.write(f"  {stage.label:<40} planned from earlier stages' outputs\n")
+        else:
+            stream.write(f"  {stage.label:<40} {counts[0]:>7} units {counts[1]:>10} {stage.item_name}\n")
+    return rows
+
+
 def run(
     config: RunConfig,
     config_text: str | None = None,

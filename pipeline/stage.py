@@ -62,6 +62,11 @@ class Stage:
     def plan(self) -> list[Unit]:
         raise NotImplementedError
 
+    def preview(self) -> tuple[int, int] | None:
+        """(units, items) known from the config alone, for `aigi run --plan`; None when the
+        stage plans from outputs of earlier stages that do not exist yet."""
+        return None
+
     def setup_key(self) -> str | None:
         """Identity of the per-worker state (a loaded model); None when the stage needs none."""
         return None

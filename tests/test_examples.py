@@ -34,3 +34,14 @@ def test_sd15_example_configures_every_feature() -> None:
     cfg = load_config(next(p for p in EXAMPLES if p.name == "sd15-imagenet.toml"))
     assert set(cfg.features) == set(names())
     assert cfg.features["dnf"].mode == "released" and cfg.features["dire"].steps == 20
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_passes_plan_and_writes_nothing(path: Path, tmp_path: Path, capsys) -> None:
+    from aigi.pipeline.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--plan", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "valid" in printed and "generate/" in printed and " units " in printed
+    assert not out.exists()

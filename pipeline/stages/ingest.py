@@ -39,6 +39,10 @@ class IngestStage(Stage):
             units.append(Unit(self.label, f"{real.name}/{shard_index(i)}", str(out), producer, len(chunk), chunk))
         return units
 
+    def preview(self) -> tuple[int, int]:
+        units = self.plan()  # lists the files; reads none
+        return len(units), sum(u.n_items for u in units)
+
     def process(self, unit: Unit, state: Any) -> dict[str, Any]:
         from aigi.curation.ingest import BadImage, ingest_file
 

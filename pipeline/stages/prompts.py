@@ -25,6 +25,10 @@ class PromptsStage(Stage):
         out = self.ctx.run.prompts / "prompts.parquet"
         return [Unit(self.label, "prompts", str(out), producer, len(rows), rows)]
 
+    def preview(self) -> tuple[int, int]:
+        [unit] = self.plan()
+        return 1, unit.n_items
+
     def process(self, unit: Unit, state: Any) -> dict[str, Any]:
         table = pa.Table.from_pylist(unit.payload, schema=PROMPTS.arrow)
         write_shard(table, unit.output, PROMPTS, unit.producer)
