@@ -117,8 +117,30 @@ def _summary(cls: type) -> str:
 def _cmd_generators(args: argparse.Namespace) -> int:
     from aigi.generators.registry import get, names
 
+    if args.config:
+        return _list_config_generators(args.config)
+    print(f"{'family':<18} {'conditioning':<12} {'settings it uses':<48} summary")
     for name in names():
-        print(f"{name:<24} {_summary(get(name))}")
+        try:
+            cls = get(name)
+        except ImportError as e:  # a family whose optional dependency is missing fails alone
+            print(f"{name:<18} {'-':<12} {'-':<48} unavailable: {e}")
+            continue
+        honours = ", ".join(k for k in ("steps", "guidance", "scheduler", "size", "negative_prompt") if k in cls.honours)
+        print(f"{name:<18} {cls.conditioning:<12} {honours:<48} {_summary(cls)}")
+    return 0
+
+
+def _list_config_generators(path: str) -> int:
+    from aigi.core.configtools import to_dict
+    from aigi.manifests.revision import resolve_revision
+    from aigi.pipeline.config import load_config
+
+    config = load_config(path)
+    for g in config.generators:
+        settings = {k: v for k, v in to_dict(g).items() if k in ("steps", "guidance", "scheduler", "size", "negative_prompt", "dtype")}
+        print(f"{g.name:<20} {g.family:<18} {g.model}  (revision {resolve_revision(g.model, g.revision)})")
+        print(f"{'':<20} {settings}")
     return 0
 
 
@@ -195,7 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run", help="the run directory")
     sp.set_defaults(func=_cmd_status)
 
-    sp = sub.add_parser("generators", help="list generator families", description="List the registered generator families.")
+    sp = sub.add_parser("generators", help="list generator families, or a config's generators",
+                        description="Without CONFIG: the registered generator families, their conditioning "
+                        "and the sampling settings each uses. With CONFIG: its generators, their models "
+                        "with the resolved revision, and their settings.")
+    sp.add_argument("config", nargs="?", help="a run config (TOML)")
     sp.set_defaults(func=_cmd_generators)
     sp = sub.add_parser("features", help="list feature extractors, or a run's feature stores",
                         description="Without RUN: the registered feature extractors and their config "

@@ -45,6 +45,10 @@ def hardware() -> dict[str, Any]:
             capture_output=True, text=True, timeout=20,
         )
         info["gpus"] = [ln.strip() for ln in out.stdout.splitlines() if ln.strip()]
+        import torch  # only on GPU machines: the CUDA and cuDNN that torch was built with
+
+        info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
     return info
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aigi.core.devices import resolve_device
 from aigi.generators.base import Generator, GeneratorConfig
 from aigi.generators.settings import Settings, draw
 from aigi.manifests.ids import content_id, derive_seed, fingerprint, sha256_bytes
@@ -77,7 +78,10 @@ class GenerateStage(Stage):
         rows: list[dict[str, Any] | None] = [None] * len(items)
         stats = {"oom_retries": 0}
         provenance = {}
-        with ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="aigi-png") as pool:
+        # Encoding overlaps the model only when the model is not on the CPU: there it would only
+        # compete with it for the same cores.
+        threads = ENCODE_THREADS if not resolve_device(self.gen.device).startswith("cpu") else 1
+        with ThreadPoolExecutor(threads, thread_name_prefix="aigi-png") as pool:
             pending: list[tuple[list[int], Future]] = []
             for st, idx in groups.items():
                 prov = state.provenance(st)
@@ -89,7 +93,10 @@ class GenerateStage(Stage):
                         [seeds[i] for i in batch], st, stats,
                     )
                     # PNG encoding of this batch overlaps the model's next batch.
-                    pending.append((batch, pool.submit(lambda ims: [encode_png(im) for im in ims], images)))
+                    encoded = pool.submit(lambda ims: [encode_png(im) for im in ims], images)
+                    if threads == 1:
+                        encoded.result()
+                    pending.append((batch, encoded))
                     for i, im in zip(batch, images, strict=True):
                         rows[i] = self._row(items[i], seeds[i], st, prov, im)
             for batch, fut in pending:

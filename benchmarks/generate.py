@@ -4,15 +4,19 @@ Both sides load the same Stable Diffusion pipeline, generate the same prompts wi
 generators and encode PNGs; aigi also hashes, builds provenance rows and writes Parquet shards.
 The ratio is aigi's orchestration overhead. Model load time is reported apart.
 
-    python benchmarks/generate_overhead.py                          # tiny random-weight SD, CPU
-    python benchmarks/generate_overhead.py --model stable-diffusion-v1-5/stable-diffusion-v1-5 \
-        --size 512 --steps 30 --batch 16 --n 128 --dtype float16     # a real model on a GPU
+    python benchmarks/generate.py                                   # tiny random-weight SD, CPU
+    python benchmarks/generate.py --model sd15-sized --size 512 --steps 30 --guidance 7.5 \
+        --batch 16 --n 128 --dtype float16                           # SD 1.5-sized random weights, GPU
+    python benchmarks/generate.py --model stable-diffusion-v1-5/stable-diffusion-v1-5 ...   # a real model
+
+The last line printed is one JSON object with both figures, their ratio and peak GPU memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import sys
 import tempfile
@@ -110,6 +114,8 @@ def main() -> int:
             from aigi.generators.tiny import tiny_stable_diffusion
 
             model = str(tiny_stable_diffusion(Path(tmp) / "tiny-sd"))
+        elif model == "sd15-sized":
+            model = str(sd15_sized(Path(tmp) / "sd15-sized"))
         bare_load, bare_s = bare_loop(args, model, prompts, device)
         aigi_load, aigi_s = aigi_stage(args, model, classes, device, Path(tmp) / "run")
     n = len(prompts)
@@ -119,7 +125,43 @@ def main() -> int:
     print(f"{'bare diffusers loop':<22}{bare_load:>8.2f}{bare_s:>9.2f}{n / bare_s:>10.2f}")
     print(f"{'aigi generate stage':<22}{aigi_load:>8.2f}{aigi_s:>9.2f}{n / aigi_s:>10.2f}")
     print(f"aigi / bare throughput: {bare_s / aigi_s:.2f}")
+    peak = None
+    if device.startswith("cuda"):
+        import torch
+
+        peak = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    print(json.dumps({
+        "benchmark": "generate", "device": device, "model": args.model or "tiny", "n": n, "size": args.size,
+        "steps": args.steps, "guidance": args.guidance, "batch": args.batch, "dtype": args.dtype,
+        "plain_images_per_s": round(n / bare_s, 3), "aigi_images_per_s": round(n / aigi_s, 3),
+        "ratio": round(bare_s / aigi_s, 3), "peak_gpu_memory_gib": peak,
+    }))
     return 0
+
+
+def sd15_sized(folder: Path) -> Path:
+    """A Stable Diffusion 1.5-sized pipeline with random weights (same cost as the real one)."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from real_models import sd15  # benchmarks/real_models.py
+
+    parts = sd15(folder / "parts")
+    StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(parts / "vae"),
+        unet=UNet2DConditionModel.from_pretrained(parts / "unet"),
+        text_encoder=CLIPTextModel.from_pretrained(parts / "text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(parts / "tokenizer"),
+        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(folder)
+    return folder
 
 
 if __name__ == "__main__":
