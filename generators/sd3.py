@@ -1,0 +1,233 @@
+"""Stable Diffusion 3 / 3.5 through diffusers' `StableDiffusion3Pipeline` (text-conditioned).
+
+Covers the MMDiT rectified-flow models in the diffusers layout:
+`stabilityai/stable-diffusion-3-medium-diffusers`, `stabilityai/stable-diffusion-3.5-medium`,
+`stabilityai/stable-diffusion-3.5-large` and the few-step `stabilityai/stable-diffusion-3.5-large-turbo`
+(guidance 0, 4 steps), each one config entry. These repositories are gated: accept the license on
+the hub and download them once before a run (runs are offline from the cache).
+
+Honours all five settings: steps, guidance (classifier-free guidance runs when > 1, as in
+diffusers), scheduler ("" = the model's own FlowMatchEulerDiscreteScheduler; otherwise a
+flow-matching diffusers scheduler, e.g. FlowMatchHeunDiscreteScheduler, built from the model's
+scheduler config: a noise-prediction scheduler would produce garbage, so names that do not start
+with "FlowMatch" are config errors), size ([width, height], multiples of 16: the VAE's ×8 times
+the transformer's patch 2) and negative_prompt ("" is encoded as "", which is what diffusers'
+`negative_prompt=None` does for SD3).
+
+All three text encoders (CLIP-L, CLIP-G, T5-XXL) are loaded; the T5 sequence is diffusers'
+default `max_sequence_length` of 256, no skip-layer guidance. Text embeddings (the joint
+[77 + 256, 4096] sequence and the pooled [2048]) are cached per distinct prompt string in an LRU
+of 1024: ~2.8 GB in bf16 when full, small beside the models; caption corpora that never repeat
+a prompt gain nothing from it, class-name corpora skip T5 for every repeat.
+
+Example config entries:
+
+    [[generators]]
+    name = "sd3.5-large"
+    family = "sd3"
+    model = "stabilityai/stable-diffusion-3.5-large"
+    steps = {min = 28, max = 40}
+    guidance = {min = 3.5, max = 5.0}
+    size = [[1024, 1024], [1152, 896], [896, 1152]]
+    dtype = "bfloat16"
+    batch_size = 4
+
+    [[generators]]
+    name = "sd3.5-large-turbo"
+    family = "sd3"
+    model = "stabilityai/stable-diffusion-3.5-large-turbo"
+    steps = 4
+    guidance = 0.0
+    size = [1024, 1024]
+    dtype = "bfloat16"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aigi.core.configtools import Invalid
+from aigi.core.lru import LRU
+from aigi.generators.base import Generator, GeneratorConfig, scheduler_hash
+from aigi.generators.settings import SETTING_KEYS, Settings, choices
+from aigi.manifests.revision import resolve_revision
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+EMBED_CACHE_SIZE = 1024
+#: The latent factor (VAE ×8) times the transformer's patch size: sizes must be multiples of it.
+SIZE_MULTIPLE = 16
+TINY_BUILDER_KEYS = ("seed", "num_layers")
+
+
+class StableDiffusion3(Generator):
+    family = "sd3"
+    conditioning = "text"
+    honours = frozenset(SETTING_KEYS)
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        self.config = config
+        self.pipe: Any = None
+        self._device = ""
+        self._revision = ""
+        self._own_scheduler: Any = None
+        self._schedulers: dict[str, Any] = {}
+        # prompt -> (joint sequence [333, 4096], pooled [2048]) on the device.
+        self._embeds: LRU[str, tuple[torch.Tensor, torch.Tensor]] = LRU(EMBED_CACHE_SIZE)
+
+    # Only the config travels: a loaded pipeline must never be shipped through a Dask graph.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["config"])
+
+    @classmethod
+    def check_config(cls, config: GeneratorConfig) -> None:
+        super().check_config(config)
+        for name in choices(config.scheduler, "scheduler"):
+            if name and not name.startswith("FlowMatch"):
+                raise Invalid("scheduler", f"SD3 is a flow-matching model; {name} is not a FlowMatch* scheduler")
+        for w, h in choices(config.size, "size"):
+            if w % SIZE_MULTIPLE or h % SIZE_MULTIPLE:
+                raise Invalid("size", f"SD3 needs multiples of {SIZE_MULTIPLE}, got {[w, h]}")
+
+    def load(self, device: str) -> None:
+        import diffusers
+        import torch
+
+        cfg = self.config
+        if device == "auto":
+            raise ValueError("load() needs an explicit device such as 'cpu' or 'cuda:0', got 'auto'")
+        if torch.device(device).type == "cpu" and cfg.dtype != "float32":
+            raise ValueError(
+                f"generator {cfg.name!r}: dtype {cfg.dtype!r} on a CPU device is unsupported or very "
+                'slow for convolutions; use dtype = "float32" on CPU'
+            )
+        for name in filter(None, choices(cfg.scheduler, "scheduler")):  # fail at load, not mid-run
+            _scheduler_class(name, cfg.name)
+        pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(
+            cfg.model, revision=cfg.revision or None, dtype=getattr(torch, cfg.dtype)
+        )
+        pipe = pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                component.eval()
+        if cfg.compile:  # a transformer: no channels_last, which only helps convolutions
+            pipe.transformer = torch.compile(pipe.transformer)
+        self.pipe = pipe
+        self._device = device
+        self._own_scheduler = pipe.scheduler
+        self._schedulers = {}
+        self._embeds.clear()
+        self._revision = resolve_revision(cfg.model, cfg.revision)
+
+    def _scheduler(self, name: str) -> Any:
+        """The model's own scheduler for "", else `name` built from its config (cached)."""
+        if not name:
+            return self._own_scheduler
+        if name not in self._schedulers:
+            cls = _scheduler_class(name, self.config.name)
+            self._schedulers[name] = cls.from_config(self._own_scheduler.config)
+        return self._schedulers[name]
+
+    def generate(
+        self, prompts: list[str], class_ids: list[int | None], seeds: list[int], settings: Settings
+    ) -> list[Image.Image]:
+        import torch
+
+        if self.pipe is None:
+            raise RuntimeError(f"generator {self.config.name!r}: call load(device) before generate()")
+        if not len(prompts) == len(class_ids) == len(seeds):
+            raise ValueError(f"got {len(prompts)} prompts, {len(class_ids)} class ids, {len(seeds)} seeds")
+        self.pipe.scheduler = self._scheduler(settings.scheduler)
+        bs = self.config.batch_size
+        images: list[Image.Image] = []
+        with torch.inference_mode():
+            for start in range(0, len(prompts), bs):
+                images += self._generate_batch(prompts[start : start + bs], seeds[start : start + bs], settings)
+        return images
+
+    def _generate_batch(self, prompts: list[str], seeds: list[int], settings: Settings) -> list[Image.Image]:
+        import torch
+
+        embeds, pooled = self._embed(prompts)
+        negative: dict[str, Any] = {}
+        if settings.guidance > 1:  # the pipeline ignores negative embeddings without guidance
+            neg, neg_pooled = self._embed([settings.negative_prompt] * len(prompts))
+            negative = dict(negative_prompt_embeds=neg, negative_pooled_prompt_embeds=neg_pooled)
+        out = self.pipe(
+            prompt_embeds=embeds,
+            pooled_prompt_embeds=pooled,
+            **negative,
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance,
+            width=settings.width,
+            height=settings.height,
+            # CPU generators: the initial noise is the same whichever device runs the model.
+            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+            output_type="pil",
+        )
+        return [im.convert("RGB") for im in out.images]
+
+    def _embed(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stacked (joint sequence, pooled) of `texts`, encoding each uncached string once."""
+        import torch
+
+        distinct = list(dict.fromkeys(texts))
+        found = {t: e for t in distinct if (e := self._embeds.get(t)) is not None}
+        missing = [t for t in distinct if t not in found]
+        if missing:
+            embeds, _, pooled, _ = self.pipe.encode_prompt(
+                prompt=missing,
+                prompt_2=None,
+                prompt_3=None,
+                device=self._device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=False,
+            )
+            found.update(zip(missing, zip(embeds, pooled, strict=True), strict=True))
+        for t in distinct:
+            self._embeds.put(t, found[t])
+        return torch.stack([found[t][0] for t in texts]), torch.stack([found[t][1] for t in texts])
+
+    def provenance(self, settings: Settings) -> dict[str, Any]:
+        if self.pipe is None:
+            raise RuntimeError(f"generator {self.config.name!r}: call load(device) before provenance()")
+        scheduler = self._scheduler(settings.scheduler)
+        return {
+            "model": self.config.model,
+            "revision": self._revision,
+            "pipeline": type(self.pipe).__name__,
+            "scheduler": type(scheduler).__name__,
+            "scheduler_config": scheduler_hash(scheduler),
+            "dtype": self.config.dtype,
+            "safety_checker": False,  # SD3 pipelines have none
+        }
+
+    @classmethod
+    def tiny(cls, folder: Path, name: str = "tiny", **overrides: Any) -> GeneratorConfig:
+        """A tiny random-weight SD3 pipeline (with a tiny T5) saved to `folder`. `seed` and
+        `num_layers` go to the builder; any other override is a `GeneratorConfig` field."""
+        from aigi.generators._tiny_sdxl_sd3 import tiny_sd3
+
+        builder = {k: overrides.pop(k) for k in TINY_BUILDER_KEYS if k in overrides}
+        tiny_sd3(folder, **builder)
+        fields: dict[str, Any] = dict(
+            steps=3, guidance=3.0, size=(64, 64), dtype="float32", batch_size=4, unit_size=16
+        )
+        fields.update(overrides)
+        return GeneratorConfig(name=name, family=cls.family, model=str(folder), **fields)
+
+
+def _scheduler_class(name: str, generator: str) -> Any:
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise Invalid("scheduler", f"generator {generator!r}: unknown diffusers scheduler {name!r}")
+    return cls

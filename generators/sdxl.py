@@ -1,0 +1,237 @@
+"""Stable Diffusion XL through diffusers' `StableDiffusionXLPipeline` (text-conditioned).
+
+Covers every checkpoint in the diffusers layout whose pipeline is `StableDiffusionXLPipeline`:
+the base model `stabilityai/stable-diffusion-xl-base-1.0`, its fine-tunes, and the few-step
+distilled variants, which are config entries of this family, not families of their own:
+`stabilityai/sdxl-turbo` (1-4 steps, guidance 0, 512²). The refiner
+(`stabilityai/stable-diffusion-xl-refiner-1.0`) is an img2img stage over the base's latents
+(`StableDiffusionXLImg2ImgPipeline`), not a text-to-image model: it is not supported here, and
+images are the base model's own output.
+
+Honours all five settings: steps, guidance (classifier-free guidance runs when > 1, as in
+diffusers), scheduler ("" = the model's own; otherwise a diffusers scheduler class built from the
+model's scheduler config), size ([width, height], multiples of 8; SDXL's size micro-conditioning
+`original_size` = `target_size` = the image size, crop (0, 0), diffusers' defaults) and
+negative_prompt. An empty negative prompt means "none", as diffusers' `negative_prompt=None`:
+with the model's `force_zeros_for_empty_prompt` (true for SDXL base and turbo) the
+unconditional embedding is zeros, not the encoding of "".
+
+Text embeddings (both encoders' hidden states and the pooled projection) are cached per distinct
+prompt string in an LRU of 1024 (77×2048 values each: ~320 MB in fp16 at most), so class-name
+corpora encode each prompt once. Deviation from a bare `pipe(...)` call: the invisible watermark
+(`add_watermarker`) is always off, so pixels do not depend on whether the `invisible-watermark`
+package happens to be installed. In float16 the pipeline upcasts the VAE to float32 for decoding
+(`force_upcast` in SDXL's VAE config), exactly as diffusers does.
+
+Example config entries:
+
+    [[generators]]
+    name = "sdxl-base-1.0"
+    family = "sdxl"
+    model = "stabilityai/stable-diffusion-xl-base-1.0"
+    steps = {min = 25, max = 50}
+    guidance = {min = 4.0, max = 9.0}
+    scheduler = ["", "DPMSolverMultistepScheduler"]
+    size = [[1024, 1024], [1152, 896], [896, 1152]]
+    dtype = "float16"
+    batch_size = 8
+
+    [[generators]]
+    name = "sdxl-turbo"
+    family = "sdxl"
+    model = "stabilityai/sdxl-turbo"
+    steps = [1, 2, 4]
+    guidance = 0.0
+    size = [512, 512]
+    dtype = "float16"
+    batch_size = 16
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aigi.core.configtools import Invalid
+from aigi.core.lru import LRU
+from aigi.generators.base import Generator, GeneratorConfig, scheduler_hash
+from aigi.generators.settings import SETTING_KEYS, Settings, choices
+from aigi.manifests.revision import resolve_revision
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+EMBED_CACHE_SIZE = 1024
+TINY_BUILDER_KEYS = ("seed", "block_out_channels")
+
+
+class StableDiffusionXL(Generator):
+    family = "sdxl"
+    conditioning = "text"
+    honours = frozenset(SETTING_KEYS)
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        self.config = config
+        self.pipe: Any = None
+        self._device = ""
+        self._revision = ""
+        self._own_scheduler: Any = None
+        self._schedulers: dict[str, Any] = {}
+        # prompt -> (hidden states [77, 2048], pooled projection [1280]) on the device.
+        self._embeds: LRU[str, tuple[torch.Tensor, torch.Tensor]] = LRU(EMBED_CACHE_SIZE)
+
+    # Only the config travels: a loaded pipeline must never be shipped through a Dask graph.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["config"])
+
+    @classmethod
+    def check_config(cls, config: GeneratorConfig) -> None:
+        super().check_config(config)
+        for name in choices(config.scheduler, "scheduler"):
+            if name.startswith("FlowMatch"):
+                raise Invalid("scheduler", f"{name} is a flow-matching scheduler; SDXL predicts noise")
+
+    def load(self, device: str) -> None:
+        import diffusers
+        import torch
+
+        cfg = self.config
+        if device == "auto":
+            raise ValueError("load() needs an explicit device such as 'cpu' or 'cuda:0', got 'auto'")
+        if torch.device(device).type == "cpu" and cfg.dtype != "float32":
+            raise ValueError(
+                f"generator {cfg.name!r}: dtype {cfg.dtype!r} on a CPU device is unsupported or very "
+                'slow for convolutions; use dtype = "float32" on CPU'
+            )
+        for name in filter(None, choices(cfg.scheduler, "scheduler")):  # fail at load, not mid-run
+            _scheduler_class(name, cfg.name)
+        pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(
+            cfg.model,
+            revision=cfg.revision or None,
+            dtype=getattr(torch, cfg.dtype),
+            add_watermarker=False,
+        )
+        pipe = pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                component.eval()
+        if torch.device(device).type == "cuda":
+            # diffusers already uses SDPA attention; channels_last speeds up the UNet's convolutions.
+            pipe.unet.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            pipe.unet = torch.compile(pipe.unet)
+        self.pipe = pipe
+        self._device = device
+        self._own_scheduler = pipe.scheduler
+        self._schedulers = {}
+        self._embeds.clear()
+        self._revision = resolve_revision(cfg.model, cfg.revision)
+
+    def _scheduler(self, name: str) -> Any:
+        """The model's own scheduler for "", else `name` built from its config (cached)."""
+        if not name:
+            return self._own_scheduler
+        if name not in self._schedulers:
+            cls = _scheduler_class(name, self.config.name)
+            self._schedulers[name] = cls.from_config(self._own_scheduler.config)
+        return self._schedulers[name]
+
+    def generate(
+        self, prompts: list[str], class_ids: list[int | None], seeds: list[int], settings: Settings
+    ) -> list[Image.Image]:
+        import torch
+
+        if self.pipe is None:
+            raise RuntimeError(f"generator {self.config.name!r}: call load(device) before generate()")
+        if not len(prompts) == len(class_ids) == len(seeds):
+            raise ValueError(f"got {len(prompts)} prompts, {len(class_ids)} class ids, {len(seeds)} seeds")
+        self.pipe.scheduler = self._scheduler(settings.scheduler)
+        bs = self.config.batch_size
+        images: list[Image.Image] = []
+        with torch.inference_mode():
+            for start in range(0, len(prompts), bs):
+                images += self._generate_batch(prompts[start : start + bs], seeds[start : start + bs], settings)
+        return images
+
+    def _generate_batch(self, prompts: list[str], seeds: list[int], settings: Settings) -> list[Image.Image]:
+        import torch
+
+        embeds, pooled = self._embed(prompts)
+        negative: dict[str, Any] = {}
+        if settings.guidance > 1:  # the pipeline ignores negative embeddings without guidance
+            if settings.negative_prompt or not self.pipe.config.force_zeros_for_empty_prompt:
+                neg, neg_pooled = self._embed([settings.negative_prompt] * len(prompts))
+            else:  # diffusers' negative_prompt=None under force_zeros_for_empty_prompt
+                neg, neg_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
+            negative = dict(negative_prompt_embeds=neg, negative_pooled_prompt_embeds=neg_pooled)
+        out = self.pipe(
+            prompt_embeds=embeds,
+            pooled_prompt_embeds=pooled,
+            **negative,
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance,
+            width=settings.width,
+            height=settings.height,
+            # CPU generators: the initial noise is the same whichever device runs the model.
+            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+            output_type="pil",
+        )
+        return [im.convert("RGB") for im in out.images]
+
+    def _embed(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stacked (hidden states, pooled) of `texts`, encoding each uncached string once."""
+        import torch
+
+        distinct = list(dict.fromkeys(texts))
+        found = {t: e for t in distinct if (e := self._embeds.get(t)) is not None}
+        missing = [t for t in distinct if t not in found]
+        if missing:
+            embeds, _, pooled, _ = self.pipe.encode_prompt(
+                missing, device=self._device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            )
+            found.update(zip(missing, zip(embeds, pooled, strict=True), strict=True))
+        for t in distinct:
+            self._embeds.put(t, found[t])
+        return torch.stack([found[t][0] for t in texts]), torch.stack([found[t][1] for t in texts])
+
+    def provenance(self, settings: Settings) -> dict[str, Any]:
+        if self.pipe is None:
+            raise RuntimeError(f"generator {self.config.name!r}: call load(device) before provenance()")
+        scheduler = self._scheduler(settings.scheduler)
+        return {
+            "model": self.config.model,
+            "revision": self._revision,
+            "pipeline": type(self.pipe).__name__,
+            "scheduler": type(scheduler).__name__,
+            "scheduler_config": scheduler_hash(scheduler),
+            "dtype": self.config.dtype,
+            "safety_checker": False,  # SDXL pipelines have none
+        }
+
+    @classmethod
+    def tiny(cls, folder: Path, name: str = "tiny", **overrides: Any) -> GeneratorConfig:
+        """A tiny random-weight SDXL pipeline saved to `folder`. `seed` and `block_out_channels`
+        go to the builder; any other override is a `GeneratorConfig` field."""
+        from aigi.generators._tiny_sdxl_sd3 import tiny_sdxl
+
+        builder = {k: overrides.pop(k) for k in TINY_BUILDER_KEYS if k in overrides}
+        tiny_sdxl(folder, **builder)
+        fields: dict[str, Any] = dict(
+            steps=3, guidance=3.0, size=(64, 64), dtype="float32", batch_size=4, unit_size=16
+        )
+        fields.update(overrides)
+        return GeneratorConfig(name=name, family=cls.family, model=str(folder), **fields)
+
+
+def _scheduler_class(name: str, generator: str) -> Any:
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise Invalid("scheduler", f"generator {generator!r}: unknown diffusers scheduler {name!r}")
+    return cls
