@@ -294,3 +294,26 @@ def test_hub_id_resolves_from_the_local_cache_only(tmp_path, monkeypatch):
     assert resolve_revision("org/name") == commit
     assert resolve_revision("org/not-cached") == "unresolved"
     assert resolve_revision("org/not-cached", "v1.0") == "v1.0"
+
+
+def test_sd2_v_prediction_double_matches_plain_pipeline(tmp_path):
+    """SD 2.x 768 models predict v; the prediction type travels with the scheduler config."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    cls = registry.get("stable_diffusion")
+    cfg = cls.tiny(tmp_path / "sd2v", extra_scheduler_config={"prediction_type": "v_prediction"}, seed=7)
+    gen = cls(cfg)
+    gen.load("cpu")
+    ours = gen_images(gen, PROMPTS[:2], SEEDS[:2])
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "sd2v", safety_checker=None, requires_safety_checker=False)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    pipe.set_progress_bar_config(disable=True)
+    st = settings_of(cfg)
+    for prompt, seed, im in zip(PROMPTS[:2], SEEDS[:2], ours, strict=True):
+        ref = pipe(prompt=prompt, num_inference_steps=st.steps, guidance_scale=st.guidance, width=st.width,
+                   height=st.height, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+        assert np.allclose(_px(im), _px(ref), atol=2)
+    eps = cls(cls.tiny(tmp_path / "sd2e", seed=7))
+    eps.load("cpu")
+    assert np.abs(_px(gen_images(eps, PROMPTS[:1], SEEDS[:1])[0]) - _px(ours[0])).mean() > 0.5
