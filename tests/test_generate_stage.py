@@ -132,3 +132,32 @@ def test_planning_a_million_prompts_is_fast(tmp_path):
     items = read_items(units[1234].payload)
     assert [it["prompt_id"] for it in items] == ids[1234 * 256 : 1235 * 256]
     assert np.all([it["k"] == 0 for it in items])
+
+
+@pytest.mark.parametrize("family, table, key", [
+    ("dit", {"negative_prompt": "blurry"}, "generators[0].negative_prompt"),
+    ("ddpm", {"guidance": 3.0}, "generators[0].guidance"),
+    ("flux", {"negative_prompt": "blurry"}, "generators[0].negative_prompt"),
+    ("stable_diffusion", {"trust_remote_code": True}, "generators[0].trust_remote_code"),
+])
+def test_a_value_the_family_cannot_use_is_a_config_error(family, table, key):
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        parse_config({"run": {"out": "x"}, "prompts": {"classes": ["tench"]},
+                      "generators": [{"name": "g", "family": family, "model": "m", **table}]})
+
+
+def test_class_conditional_family_needs_class_prompts():
+    with pytest.raises(ConfigError, match="class-conditional"):
+        parse_config({"run": {"out": "x"}, "prompts": {"source": "file", "path": "p.txt"},
+                      "generators": [{"name": "g", "family": "dit", "model": "m"}]})
+
+
+def test_a_family_that_cannot_import_fails_alone(monkeypatch):
+    import sys
+
+    from aigi.generators import registry
+
+    monkeypatch.setitem(sys.modules, "aigi.generators.flux", None)  # as if its import failed
+    with pytest.raises(ImportError, match="'flux' cannot be imported"):
+        registry.get("flux")
+    assert registry.get("sdxl").family == "sdxl"

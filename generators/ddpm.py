@@ -1,0 +1,154 @@
+"""DDPM: unconditional pixel-space diffusion through diffusers' `DDPMPipeline`.
+
+Covers the `google/ddpm-*` checkpoints (`google/ddpm-cifar10-32`, `google/ddpm-cat-256`,
+`google/ddpm-bedroom-256`, `google/ddpm-church-256`, `google/ddpm-celebahq-256`, their
+`ddpm-ema-*` twins) and any repository in that layout: a `UNet2DModel` and a `DDPMScheduler`
+whose files lie at the repository root beside `model_index.json` (diffusers' pipeline loader
+falls back to the root when a component has no subfolder). Loaded with
+`DDPMPipeline.from_pretrained`, the same path as the real models.
+
+Unconditioned: the image depends on its seed alone; prompts and class ids only count the images.
+Honours `steps` (`num_inference_steps`; the DDPM scheduler strides its 1000 training steps) and
+`scheduler` (e.g. `"DDIMScheduler"` gives deterministic DDIM sampling, η = 0, on the same
+weights). Not `guidance`, `size` (the resolution is the UNet's `sample_size`) or
+`negative_prompt`.
+
+Each image has its own CPU generator: `DDPMPipeline` passes the list to both the initial noise
+and every scheduler step, so image i draws the same noise sequence alone or in a batch.
+
+    [[generators]]
+    name = "ddpm-bedroom-256"
+    family = "ddpm"
+    model = "google/ddpm-bedroom-256"
+    steps = 1000
+    dtype = "float16"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aigi.generators.base import (
+    Generator,
+    GeneratorConfig,
+    Schedulers,
+    check_device,
+    scheduler_hash,
+)
+from aigi.generators.settings import Settings, choices
+from aigi.manifests.revision import resolve_revision
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+TINY_BUILDER_KEYS = ("seed", "sample_size", "block_out_channels")
+
+
+class DDPM(Generator):
+    family = "ddpm"
+    conditioning = "none"
+    honours = frozenset({"steps", "scheduler"})
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        self.config = config
+        self.pipe: Any = None
+        self._revision = ""
+        self._schedulers: Schedulers | None = None
+
+    # Only the config travels: a loaded pipeline must never be shipped through a Dask graph.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["config"])
+
+    def load(self, device: str) -> None:
+        import diffusers
+        import torch
+
+        cfg = self.config
+        check_device(cfg, device)
+        pipe = diffusers.DDPMPipeline.from_pretrained(
+            cfg.model, revision=cfg.revision or None, dtype=getattr(torch, cfg.dtype)
+        )
+        pipe = pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.unet.eval()
+        if torch.device(device).type == "cuda":
+            pipe.unet.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            pipe.unet = torch.compile(pipe.unet)
+        self.pipe = pipe
+        self._schedulers = Schedulers(pipe.scheduler, cfg.name)
+        for name in choices(cfg.scheduler, "scheduler"):  # an unknown one fails at load
+            if name:
+                self._schedulers.get(name)
+        self._revision = resolve_revision(cfg.model, cfg.revision)
+
+    def generate(
+        self, prompts: list[str], class_ids: list[int | None], seeds: list[int], settings: Settings
+    ) -> list[Image.Image]:
+        import torch
+
+        cfg = self.config
+        if self.pipe is None or self._schedulers is None:
+            raise RuntimeError(f"generator {cfg.name!r}: call load(device) before generate()")
+        if len(prompts) != len(seeds):
+            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
+        self.pipe.scheduler = self._schedulers.get(settings.scheduler)
+        bs = cfg.batch_size
+        images: list[Image.Image] = []
+        with torch.inference_mode():
+            for start in range(0, len(seeds), bs):
+                batch = seeds[start : start + bs]
+                out = self.pipe(
+                    batch_size=len(batch),
+                    # One CPU generator per image, for the initial noise and every step's noise.
+                    generator=[torch.Generator("cpu").manual_seed(s) for s in batch],
+                    num_inference_steps=settings.steps,
+                    output_type="pil",
+                )
+                images += [im.convert("RGB") for im in out.images]
+        return images
+
+    def provenance(self, settings: Settings) -> dict[str, Any]:
+        if self.pipe is None or self._schedulers is None:
+            raise RuntimeError(
+                f"generator {self.config.name!r}: call load(device) before provenance()"
+            )
+        scheduler = self._schedulers.get(settings.scheduler)
+        return {
+            "model": self.config.model,
+            "revision": self._revision,
+            "pipeline": type(self.pipe).__name__,
+            "scheduler": type(scheduler).__name__,
+            "scheduler_config": scheduler_hash(scheduler),
+            "dtype": self.config.dtype,
+            "safety_checker": False,
+        }
+
+    @classmethod
+    def tiny(cls, folder: Path, name: str = "tiny", **overrides: Any) -> GeneratorConfig:
+        """A tiny random-weight DDPM saved to `folder` in the `google/ddpm-*` root layout (32×32
+        images). `seed`, `sample_size` and `block_out_channels` go to the builder; any other
+        override is a `GeneratorConfig` field."""
+        import json
+
+        import diffusers
+
+        from aigi.generators.tiny import tiny_pixel_unet
+
+        builder = {k: overrides.pop(k) for k in TINY_BUILDER_KEYS if k in overrides}
+        folder = tiny_pixel_unet(folder, **builder)
+        # The google/ddpm-* repositories carry this index beside the root-level component files.
+        index = {
+            "_class_name": "DDPMPipeline",
+            "_diffusers_version": diffusers.__version__,
+            "scheduler": ["diffusers", "DDPMScheduler"],
+            "unet": ["diffusers", "UNet2DModel"],
+        }
+        (Path(folder) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        fields: dict[str, Any] = dict(steps=3, dtype="float32", batch_size=4, unit_size=16)
+        fields.update(overrides)
+        return GeneratorConfig(name=name, family=cls.family, model=str(folder), **fields)
