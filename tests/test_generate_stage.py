@@ -18,7 +18,7 @@ from aigi.manifests.rundir import RunDir
 from aigi.pipeline.cluster import SerialExecutor
 from aigi.pipeline.config import parse_config
 from aigi.pipeline.runner import run_stages
-from aigi.pipeline.stage import RunContext, StaleOutput
+from aigi.pipeline.stage import RunContext
 
 
 def cfg_of(**kw) -> GeneratorConfig:
@@ -77,9 +77,9 @@ def run_generation(out: Path, model: Path, **gen) -> RunContext:
 
 
 def rows_of(ctx: RunContext) -> list[dict]:
-    return sorted(
-        (r for p in ctx.run.image_shards("g") for r in pq.read_table(p).to_pylist()), key=lambda r: r["image_id"]
-    )
+    from aigi.pipeline.stages.common import image_shards
+
+    return sorted((r for p in image_shards(ctx) for r in pq.read_table(p).to_pylist()), key=lambda r: r["image_id"])
 
 
 def test_rows_record_the_settings_used_and_images_match_them(tmp_path, tiny_sd):
@@ -96,19 +96,28 @@ def test_rows_record_the_settings_used_and_images_match_them(tmp_path, tiny_sd):
     assert len({(r["width"], r["height"]) for r in rows}) >= 1
 
 
-def test_same_config_elsewhere_gives_same_ids_and_bytes_and_changed_weights_are_noticed(tmp_path, tiny_sd):
+def test_same_config_elsewhere_gives_same_ids_and_bytes_and_changed_weights_redo_the_work(tmp_path, tiny_sd):
+    from aigi.pipeline.stages.common import image_shards
+
     a = rows_of(run_generation(tmp_path / "a", tiny_sd))
     moved = Path(shutil.copytree(tiny_sd, tmp_path / "elsewhere" / "model"))
     b = rows_of(run_generation(tmp_path / "b", moved))
     assert [r["image_id"] for r in a] == [r["image_id"] for r in b]
     assert [r["image"]["bytes"] for r in a] == [r["image"]["bytes"] for r in b]
-    # Weights changed in place under the same path: the run does not call the old work done.
+    # Weights changed in place under the same path: the re-run redoes the work in new shards,
+    # keeps the old ones untouched, and later stages see only the new ones.
+    old_shards = {p: p.read_bytes() for p in (tmp_path / "b" / "images" / "g").glob("*.parquet")}
     weights = next(moved.glob("unet/*.safetensors"))
     data = bytearray(weights.read_bytes())
     data[-8] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(StaleOutput, match="different config or input"):
-        run_generation(tmp_path / "b", moved)
+    ctx = run_generation(tmp_path / "b", moved)
+    assert all(p.read_bytes() == blob for p, blob in old_shards.items())
+    current = image_shards(ctx)
+    assert len(current) == len(old_shards) and not set(current) & set(old_shards)
+    redone = sorted((r for p in current for r in pq.read_table(p).to_pylist()), key=lambda r: r["image_id"])
+    assert len(redone) == 6 and not {r["image_id"] for r in redone} & {r["image_id"] for r in b}
+    assert redone[0]["revision"] != b[0]["revision"]
 
 
 def test_planning_a_million_prompts_is_fast(tmp_path):

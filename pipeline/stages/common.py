@@ -8,19 +8,21 @@ from aigi.manifests.shards import shard_meta
 from aigi.pipeline.stage import RunContext
 
 
-def sources(ctx: RunContext) -> list[str]:
-    """Image sources of this config (other folders under images/ are not this run's)."""
-    names = [g.name for g in ctx.config.generators]
-    if ctx.config.real is not None:
-        names.append(ctx.config.real.name)
-    return names
-
-
 def image_shards(ctx: RunContext) -> list[Path]:
+    """The image shards of this config: a generator's shards carry its fingerprint in their name,
+    so shards made with other weights or settings (kept on disk, never overwritten) are not
+    picked up by later stages."""
     out: list[Path] = []
-    for s in sources(ctx):
-        out += ctx.run.image_shards(s)
+    for g in ctx.config.generators:
+        out += [p for p in ctx.run.image_shards(g.name) if p.stem.endswith(generator_tag(g))]
+    if ctx.config.real is not None:
+        out += ctx.run.image_shards(ctx.config.real.name)
     return out
+
+
+def generator_tag(gen) -> str:
+    """The suffix of a generator's shard names: the first 8 characters of its fingerprint."""
+    return "-" + gen.fingerprint()[:8]
 
 
 def producer_of(path: Path) -> str:
