@@ -203,3 +203,26 @@ def test_every_family_through_the_stage_fills_every_provenance_column(family, tm
     # Same config, same machine, same versions: byte-identical PNGs and the same ids.
     again = run(tmp_path / "b")
     assert [(r["image_id"], r["image"]["bytes"]) for r in rows] == [(r["image_id"], r["image"]["bytes"]) for r in again]
+
+
+def test_out_of_memory_halves_the_batch_and_counts_the_retries():
+    import torch
+
+    from aigi.pipeline.stages.generate import generate_with_retry
+
+    class Fussy:
+        """Runs out of GPU memory on any batch of more than 2 images."""
+
+        calls: list[int] = []
+
+        def generate(self, prompts, class_ids, seeds, settings):
+            self.calls.append(len(prompts))
+            if len(prompts) > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return [f"img{s}" for s in seeds]
+
+    stats = {"oom_retries": 0}
+    gen = Fussy()
+    out = generate_with_retry(gen, list("abcdefg"), [None] * 7, list(range(7)), draw(cfg_of(), 0), stats)
+    assert out == [f"img{s}" for s in range(7)]  # every image, in order
+    assert stats["oom_retries"] == 3 and max(c for c in gen.calls if c <= 2) == 2
