@@ -29,15 +29,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aigi.generators.base import (
-    Generator,
-    GeneratorConfig,
-    Schedulers,
-    check_device,
-    scheduler_hash,
-)
-from aigi.generators.settings import Settings, choices
-from aigi.manifests.revision import resolve_revision
+from aigi.generators._pipeline import PipelineGenerator, generators
+from aigi.generators.base import GeneratorConfig
+from aigi.generators.settings import Settings
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -45,88 +39,25 @@ if TYPE_CHECKING:
 TINY_BUILDER_KEYS = ("seed", "sample_size", "block_out_channels")
 
 
-class DDPM(Generator):
+class DDPM(PipelineGenerator):
     family = "ddpm"
     conditioning = "none"
     honours = frozenset({"steps", "scheduler"})
 
-    def __init__(self, config: GeneratorConfig) -> None:
-        self.config = config
-        self.pipe: Any = None
-        self._revision = ""
-        self._schedulers: Schedulers | None = None
-
-    # Only the config travels: a loaded pipeline must never be shipped through a Dask graph.
-    def __getstate__(self) -> dict[str, Any]:
-        return {"config": self.config}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["config"])
-
-    def load(self, device: str) -> None:
+    def _from_pretrained(self) -> Any:
         import diffusers
         import torch
 
         cfg = self.config
-        check_device(cfg, device)
-        pipe = diffusers.DDPMPipeline.from_pretrained(
-            cfg.model, revision=cfg.revision or None, dtype=getattr(torch, cfg.dtype)
-        )
-        pipe = pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
-        pipe.unet.eval()
-        if torch.device(device).type == "cuda":
-            pipe.unet.to(memory_format=torch.channels_last)
-        if cfg.compile:
-            pipe.unet = torch.compile(pipe.unet)
-        self.pipe = pipe
-        self._schedulers = Schedulers(pipe.scheduler, cfg.name)
-        for name in choices(cfg.scheduler, "scheduler"):  # an unknown one fails at load
-            if name:
-                self._schedulers.get(name)
-        self._revision = resolve_revision(cfg.model, cfg.revision)
+        return diffusers.DDPMPipeline.from_pretrained(cfg.model, revision=cfg.revision or None, dtype=getattr(torch, cfg.dtype))
 
-    def generate(
+    def _batch(
         self, prompts: list[str], class_ids: list[int | None], seeds: list[int], settings: Settings
     ) -> list[Image.Image]:
-        import torch
-
-        cfg = self.config
-        if self.pipe is None or self._schedulers is None:
-            raise RuntimeError(f"generator {cfg.name!r}: call load(device) before generate()")
-        if len(prompts) != len(seeds):
-            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
-        self.pipe.scheduler = self._schedulers.get(settings.scheduler)
-        bs = cfg.batch_size
-        images: list[Image.Image] = []
-        with torch.inference_mode():
-            for start in range(0, len(seeds), bs):
-                batch = seeds[start : start + bs]
-                out = self.pipe(
-                    batch_size=len(batch),
-                    # One CPU generator per image, for the initial noise and every step's noise.
-                    generator=[torch.Generator("cpu").manual_seed(s) for s in batch],
-                    num_inference_steps=settings.steps,
-                    output_type="pil",
-                )
-                images += [im.convert("RGB") for im in out.images]
-        return images
-
-    def provenance(self, settings: Settings) -> dict[str, Any]:
-        if self.pipe is None or self._schedulers is None:
-            raise RuntimeError(
-                f"generator {self.config.name!r}: call load(device) before provenance()"
-            )
-        scheduler = self._schedulers.get(settings.scheduler)
-        return {
-            "model": self.config.model,
-            "revision": self._revision,
-            "pipeline": type(self.pipe).__name__,
-            "scheduler": type(scheduler).__name__,
-            "scheduler_config": scheduler_hash(scheduler),
-            "dtype": self.config.dtype,
-            "safety_checker": False,
-        }
+        # One CPU generator per image, for the initial noise and every step's noise.
+        out = self.pipe(batch_size=len(seeds), generator=generators(seeds),
+                        num_inference_steps=settings.steps, output_type="pil")
+        return list(out.images)
 
     @classmethod
     def tiny(cls, folder: Path, name: str = "tiny", **overrides: Any) -> GeneratorConfig:

@@ -25,15 +25,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aigi.generators.base import (
-    Generator,
-    GeneratorConfig,
-    Schedulers,
-    check_device,
-    scheduler_hash,
-)
-from aigi.generators.settings import Settings, choices
-from aigi.manifests.revision import resolve_revision
+from aigi.generators._pipeline import PipelineGenerator, generators
+from aigi.generators.base import GeneratorConfig
+from aigi.generators.settings import Settings
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -41,80 +35,29 @@ if TYPE_CHECKING:
 TINY_BUILDER_KEYS = ("seed", "sample_size", "num_layers")
 
 
-class DiT(Generator):
+class DiT(PipelineGenerator):
     family = "dit"
     conditioning = "class"
     honours = frozenset({"steps", "guidance", "scheduler"})
+    denoiser = "transformer"
 
-    def __init__(self, config: GeneratorConfig) -> None:
-        self.config = config
-        self.pipe: Any = None
-        self._revision = ""
-        self._num_classes = 0
-        self._schedulers: Schedulers | None = None
-
-    # Only the config travels: a loaded pipeline must never be shipped through a Dask graph.
-    def __getstate__(self) -> dict[str, Any]:
-        return {"config": self.config}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["config"])
-
-    def load(self, device: str) -> None:
+    def _from_pretrained(self) -> Any:
         import diffusers
         import torch
 
         cfg = self.config
-        check_device(cfg, device)
-        pipe = diffusers.DiTPipeline.from_pretrained(
-            cfg.model, revision=cfg.revision or None, dtype=getattr(torch, cfg.dtype)
-        )
-        pipe = pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
-        for component in pipe.components.values():
-            if isinstance(component, torch.nn.Module):
-                component.eval()
+        pipe = diffusers.DiTPipeline.from_pretrained(cfg.model, revision=cfg.revision or None, dtype=getattr(torch, cfg.dtype))
         # Classes 0..n-1; index n is the null class that guidance contrasts against.
         self._num_classes = int(pipe.transformer.config.num_embeds_ada_norm)
-        if cfg.compile:
-            pipe.transformer = torch.compile(pipe.transformer)
-        self.pipe = pipe
-        self._schedulers = Schedulers(pipe.scheduler, cfg.name)
-        for name in choices(cfg.scheduler, "scheduler"):  # an unknown one fails at load
-            if name:
-                self._schedulers.get(name)
-        self._revision = resolve_revision(cfg.model, cfg.revision)
+        return pipe
 
-    def generate(
+    def _batch(
         self, prompts: list[str], class_ids: list[int | None], seeds: list[int], settings: Settings
     ) -> list[Image.Image]:
-        import torch
-
-        cfg = self.config
-        if self.pipe is None or self._schedulers is None:
-            raise RuntimeError(f"generator {cfg.name!r}: call load(device) before generate()")
-        if not len(prompts) == len(class_ids) == len(seeds):
-            raise ValueError(
-                f"got {len(prompts)} prompts, {len(class_ids)} class ids and {len(seeds)} seeds"
-            )
         labels = [self._label(p, c) for p, c in zip(prompts, class_ids, strict=True)]
-        self.pipe.scheduler = self._schedulers.get(settings.scheduler)
-        bs = cfg.batch_size
-        images: list[Image.Image] = []
-        with torch.inference_mode():
-            for start in range(0, len(labels), bs):
-                out = self.pipe(
-                    class_labels=labels[start : start + bs],
-                    guidance_scale=settings.guidance,
-                    num_inference_steps=settings.steps,
-                    # CPU generators: the initial noise is the same whichever device runs the model.
-                    generator=[
-                        torch.Generator("cpu").manual_seed(s) for s in seeds[start : start + bs]
-                    ],
-                    output_type="pil",
-                )
-                images += [im.convert("RGB") for im in out.images]
-        return images
+        out = self.pipe(class_labels=labels, guidance_scale=settings.guidance, num_inference_steps=settings.steps,
+                        generator=generators(seeds), output_type="pil")
+        return list(out.images)
 
     def _label(self, prompt: str, class_id: int | None) -> int:
         if class_id is None:
@@ -128,22 +71,6 @@ class DiT(Generator):
                 f"outside the model's classes 0..{self._num_classes - 1}"
             )
         return int(class_id)
-
-    def provenance(self, settings: Settings) -> dict[str, Any]:
-        if self.pipe is None or self._schedulers is None:
-            raise RuntimeError(
-                f"generator {self.config.name!r}: call load(device) before provenance()"
-            )
-        scheduler = self._schedulers.get(settings.scheduler)
-        return {
-            "model": self.config.model,
-            "revision": self._revision,
-            "pipeline": type(self.pipe).__name__,
-            "scheduler": type(scheduler).__name__,
-            "scheduler_config": scheduler_hash(scheduler),
-            "dtype": self.config.dtype,
-            "safety_checker": False,
-        }
 
     @classmethod
     def tiny(cls, folder: Path, name: str = "tiny", **overrides: Any) -> GeneratorConfig:

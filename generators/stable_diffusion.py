@@ -24,15 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aigi.core.lru import LRU
-from aigi.generators.base import (
-    Generator,
-    GeneratorConfig,
-    Schedulers,
-    check_device,
-    scheduler_hash,
-)
+from aigi.generators._pipeline import PipelineGenerator, generators
+from aigi.generators.base import GeneratorConfig
 from aigi.generators.settings import Settings
-from aigi.manifests.revision import resolve_revision
 
 if TYPE_CHECKING:
     import torch
@@ -44,77 +38,29 @@ EMBED_CACHE_SIZE = 1024
 TINY_BUILDER_KEYS = ("seed", "block_out_channels", "scheduler", "extra_scheduler_config")
 
 
-class StableDiffusion(Generator):
+class StableDiffusion(PipelineGenerator):
     family = "stable_diffusion"
     conditioning = "text"
 
-    def __init__(self, config: GeneratorConfig) -> None:
-        self.config = config
-        self.pipe: Any = None
-        self._device = ""
-        self._revision = ""
-        self._schedulers: Schedulers | None = None
+    def _reset(self) -> None:
         self._embeds: LRU[str, torch.Tensor] = LRU(EMBED_CACHE_SIZE)
 
-    # Only the config travels: a loaded pipeline must never be shipped through a Dask graph.
-    def __getstate__(self) -> dict[str, Any]:
-        return {"config": self.config}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["config"])
-
-    def load(self, device: str) -> None:
+    def _from_pretrained(self) -> Any:
         import diffusers
         import torch
 
         cfg = self.config
-        check_device(cfg, device)
-        pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+        return diffusers.StableDiffusionPipeline.from_pretrained(
             cfg.model,
             revision=cfg.revision or None,
             dtype=getattr(torch, cfg.dtype),
             safety_checker=None,
             requires_safety_checker=False,
         )
-        pipe = pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
-        for component in pipe.components.values():
-            if isinstance(component, torch.nn.Module):
-                component.eval()
-        if torch.device(device).type == "cuda":
-            # diffusers already uses SDPA attention; channels_last speeds up the UNet's convolutions.
-            pipe.unet.to(memory_format=torch.channels_last)
-        if cfg.compile:
-            pipe.unet = torch.compile(pipe.unet)
-        self.pipe = pipe
-        self._device = device
-        self._schedulers = Schedulers(pipe.scheduler, cfg.name)
-        for name in _scheduler_names(cfg):  # an unknown scheduler fails at load, not mid-run
-            self._schedulers.get(name)
-        self._embeds.clear()
-        self._revision = resolve_revision(cfg.model, cfg.revision)
 
-    def generate(
+    def _batch(
         self, prompts: list[str], class_ids: list[int | None], seeds: list[int], settings: Settings
     ) -> list[Image.Image]:
-        import torch
-
-        if self.pipe is None:
-            raise RuntimeError(f"generator {self.config.name!r}: call load(device) before generate()")
-        if len(prompts) != len(seeds):
-            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
-        assert self._schedulers is not None
-        self.pipe.scheduler = self._schedulers.get(settings.scheduler)
-        bs = self.config.batch_size
-        images: list[Image.Image] = []
-        with torch.inference_mode():
-            for start in range(0, len(prompts), bs):
-                images += self._generate_batch(prompts[start : start + bs], seeds[start : start + bs], settings)
-        return images
-
-    def _generate_batch(self, prompts: list[str], seeds: list[int], settings: Settings) -> list[Image.Image]:
-        import torch
-
         # The negative embedding of "" is the pipeline's own unconditional embedding; passing it
         # always is harmless when guidance <= 1 (the pipeline then ignores it).
         out = self.pipe(
@@ -124,8 +70,7 @@ class StableDiffusion(Generator):
             guidance_scale=settings.guidance,
             width=settings.width,
             height=settings.height,
-            # CPU generators: the initial noise is the same whichever device runs the model.
-            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+            generator=generators(seeds),
             output_type="pil",
         )
         return list(out.images)
@@ -143,20 +88,6 @@ class StableDiffusion(Generator):
             self._embeds.put(t, e)
         return torch.stack([found[t] for t in texts])
 
-    def provenance(self, settings: Settings) -> dict[str, Any]:
-        if self.pipe is None or self._schedulers is None:
-            raise RuntimeError(f"generator {self.config.name!r}: call load(device) before provenance()")
-        scheduler = self._schedulers.get(settings.scheduler)
-        return {
-            "model": self.config.model,
-            "revision": self._revision,
-            "pipeline": type(self.pipe).__name__,
-            "scheduler": type(scheduler).__name__,
-            "scheduler_config": scheduler_hash(scheduler),
-            "dtype": self.config.dtype,
-            "safety_checker": False,
-        }
-
     @classmethod
     def tiny(cls, folder: Path, name: str = "tiny", **overrides: Any) -> GeneratorConfig:
         """A tiny random-weight SD pipeline saved to `folder`. `seed`, `block_out_channels`,
@@ -173,8 +104,3 @@ class StableDiffusion(Generator):
         fields.update(overrides)
         return GeneratorConfig(name=name, family=cls.family, model=str(folder), **fields)
 
-
-def _scheduler_names(cfg: GeneratorConfig) -> list[str]:
-    from aigi.generators.settings import choices
-
-    return [s for s in choices(cfg.scheduler, "scheduler") if s]
