@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from aigi.generators.base import Generator, GeneratorConfig, Schedulers, check_device, scheduler_hash
+from aigi.generators.base import (
+    Generator,
+    GeneratorConfig,
+    Schedulers,
+    check_device,
+    scheduler_hash,
+)
 from aigi.generators.settings import Settings, choices
 from aigi.manifests.revision import resolve_revision
 

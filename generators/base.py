@@ -175,6 +175,6 @@ class Schedulers:
 
             cls = getattr(diffusers, name, None)
             if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-                raise ValueError(f"generator {self.generator!r}: scheduler: unknown diffusers scheduler {name!r}")
+                raise Invalid("scheduler", f"generator {self.generator!r}: unknown diffusers scheduler {name!r}")
             self._built[name] = cls.from_config(self.base.config)
         return self._built[name]

@@ -49,9 +49,9 @@ from typing import TYPE_CHECKING, Any
 
 from aigi.core.configtools import Invalid
 from aigi.core.lru import LRU
-from aigi.generators.base import Generator, GeneratorConfig, scheduler_hash
+from aigi.generators._pipeline import PipelineGenerator, generators
+from aigi.generators.base import GeneratorConfig
 from aigi.generators.settings import SETTING_KEYS, Settings, choices
-from aigi.manifests.revision import resolve_revision
 
 if TYPE_CHECKING:
     import torch
@@ -63,27 +63,15 @@ SIZE_MULTIPLE = 16
 TINY_BUILDER_KEYS = ("seed", "num_layers")
 
 
-class StableDiffusion3(Generator):
+class StableDiffusion3(PipelineGenerator):
     family = "sd3"
     conditioning = "text"
     honours = frozenset(SETTING_KEYS)
+    denoiser = "transformer"
 
-    def __init__(self, config: GeneratorConfig) -> None:
-        self.config = config
-        self.pipe: Any = None
-        self._device = ""
-        self._revision = ""
-        self._own_scheduler: Any = None
-        self._schedulers: dict[str, Any] = {}
+    def _reset(self) -> None:
         # prompt -> (joint sequence [333, 4096], pooled [2048]) on the device.
         self._embeds: LRU[str, tuple[torch.Tensor, torch.Tensor]] = LRU(EMBED_CACHE_SIZE)
-
-    # Only the config travels: a loaded pipeline must never be shipped through a Dask graph.
-    def __getstate__(self) -> dict[str, Any]:
-        return {"config": self.config}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["config"])
 
     @classmethod
     def check_config(cls, config: GeneratorConfig) -> None:
@@ -95,66 +83,18 @@ class StableDiffusion3(Generator):
             if w % SIZE_MULTIPLE or h % SIZE_MULTIPLE:
                 raise Invalid("size", f"SD3 needs multiples of {SIZE_MULTIPLE}, got {[w, h]}")
 
-    def load(self, device: str) -> None:
+    def _from_pretrained(self) -> Any:
         import diffusers
         import torch
 
         cfg = self.config
-        if device == "auto":
-            raise ValueError("load() needs an explicit device such as 'cpu' or 'cuda:0', got 'auto'")
-        if torch.device(device).type == "cpu" and cfg.dtype != "float32":
-            raise ValueError(
-                f"generator {cfg.name!r}: dtype {cfg.dtype!r} on a CPU device is unsupported or very "
-                'slow for convolutions; use dtype = "float32" on CPU'
-            )
-        for name in filter(None, choices(cfg.scheduler, "scheduler")):  # fail at load, not mid-run
-            _scheduler_class(name, cfg.name)
-        pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(
+        return diffusers.StableDiffusion3Pipeline.from_pretrained(
             cfg.model, revision=cfg.revision or None, dtype=getattr(torch, cfg.dtype)
         )
-        pipe = pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
-        for component in pipe.components.values():
-            if isinstance(component, torch.nn.Module):
-                component.eval()
-        if cfg.compile:  # a transformer: no channels_last, which only helps convolutions
-            pipe.transformer = torch.compile(pipe.transformer)
-        self.pipe = pipe
-        self._device = device
-        self._own_scheduler = pipe.scheduler
-        self._schedulers = {}
-        self._embeds.clear()
-        self._revision = resolve_revision(cfg.model, cfg.revision)
 
-    def _scheduler(self, name: str) -> Any:
-        """The model's own scheduler for "", else `name` built from its config (cached)."""
-        if not name:
-            return self._own_scheduler
-        if name not in self._schedulers:
-            cls = _scheduler_class(name, self.config.name)
-            self._schedulers[name] = cls.from_config(self._own_scheduler.config)
-        return self._schedulers[name]
-
-    def generate(
+    def _batch(
         self, prompts: list[str], class_ids: list[int | None], seeds: list[int], settings: Settings
     ) -> list[Image.Image]:
-        import torch
-
-        if self.pipe is None:
-            raise RuntimeError(f"generator {self.config.name!r}: call load(device) before generate()")
-        if not len(prompts) == len(class_ids) == len(seeds):
-            raise ValueError(f"got {len(prompts)} prompts, {len(class_ids)} class ids, {len(seeds)} seeds")
-        self.pipe.scheduler = self._scheduler(settings.scheduler)
-        bs = self.config.batch_size
-        images: list[Image.Image] = []
-        with torch.inference_mode():
-            for start in range(0, len(prompts), bs):
-                images += self._generate_batch(prompts[start : start + bs], seeds[start : start + bs], settings)
-        return images
-
-    def _generate_batch(self, prompts: list[str], seeds: list[int], settings: Settings) -> list[Image.Image]:
-        import torch
-
         embeds, pooled = self._embed(prompts)
         negative: dict[str, Any] = {}
         if settings.guidance > 1:  # the pipeline ignores negative embeddings without guidance
@@ -169,10 +109,10 @@ class StableDiffusion3(Generator):
             width=settings.width,
             height=settings.height,
             # CPU generators: the initial noise is the same whichever device runs the model.
-            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+            generator=generators(seeds),
             output_type="pil",
         )
-        return [im.convert("RGB") for im in out.images]
+        return list(out.images)
 
     def _embed(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Stacked (joint sequence, pooled) of `texts`, encoding each uncached string once."""
@@ -195,20 +135,6 @@ class StableDiffusion3(Generator):
             self._embeds.put(t, found[t])
         return torch.stack([found[t][0] for t in texts]), torch.stack([found[t][1] for t in texts])
 
-    def provenance(self, settings: Settings) -> dict[str, Any]:
-        if self.pipe is None:
-            raise RuntimeError(f"generator {self.config.name!r}: call load(device) before provenance()")
-        scheduler = self._scheduler(settings.scheduler)
-        return {
-            "model": self.config.model,
-            "revision": self._revision,
-            "pipeline": type(self.pipe).__name__,
-            "scheduler": type(scheduler).__name__,
-            "scheduler_config": scheduler_hash(scheduler),
-            "dtype": self.config.dtype,
-            "safety_checker": False,  # SD3 pipelines have none
-        }
-
     @classmethod
     def tiny(cls, folder: Path, name: str = "tiny", **overrides: Any) -> GeneratorConfig:
         """A tiny random-weight SD3 pipeline (with a tiny T5) saved to `folder`. `seed` and
@@ -223,11 +149,3 @@ class StableDiffusion3(Generator):
         fields.update(overrides)
         return GeneratorConfig(name=name, family=cls.family, model=str(folder), **fields)
 
-
-def _scheduler_class(name: str, generator: str) -> Any:
-    import diffusers
-
-    cls = getattr(diffusers, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        raise Invalid("scheduler", f"generator {generator!r}: unknown diffusers scheduler {name!r}")
-    return cls

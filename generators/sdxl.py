@@ -54,9 +54,9 @@ from typing import TYPE_CHECKING, Any
 
 from aigi.core.configtools import Invalid
 from aigi.core.lru import LRU
-from aigi.generators.base import Generator, GeneratorConfig, scheduler_hash
+from aigi.generators._pipeline import PipelineGenerator, generators
+from aigi.generators.base import GeneratorConfig
 from aigi.generators.settings import SETTING_KEYS, Settings, choices
-from aigi.manifests.revision import resolve_revision
 
 if TYPE_CHECKING:
     import torch
@@ -66,27 +66,14 @@ EMBED_CACHE_SIZE = 1024
 TINY_BUILDER_KEYS = ("seed", "block_out_channels")
 
 
-class StableDiffusionXL(Generator):
+class StableDiffusionXL(PipelineGenerator):
     family = "sdxl"
     conditioning = "text"
     honours = frozenset(SETTING_KEYS)
 
-    def __init__(self, config: GeneratorConfig) -> None:
-        self.config = config
-        self.pipe: Any = None
-        self._device = ""
-        self._revision = ""
-        self._own_scheduler: Any = None
-        self._schedulers: dict[str, Any] = {}
+    def _reset(self) -> None:
         # prompt -> (hidden states [77, 2048], pooled projection [1280]) on the device.
         self._embeds: LRU[str, tuple[torch.Tensor, torch.Tensor]] = LRU(EMBED_CACHE_SIZE)
-
-    # Only the config travels: a loaded pipeline must never be shipped through a Dask graph.
-    def __getstate__(self) -> dict[str, Any]:
-        return {"config": self.config}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["config"])
 
     @classmethod
     def check_config(cls, config: GeneratorConfig) -> None:
@@ -95,70 +82,18 @@ class StableDiffusionXL(Generator):
             if name.startswith("FlowMatch"):
                 raise Invalid("scheduler", f"{name} is a flow-matching scheduler; SDXL predicts noise")
 
-    def load(self, device: str) -> None:
+    def _from_pretrained(self) -> Any:
         import diffusers
         import torch
 
         cfg = self.config
-        if device == "auto":
-            raise ValueError("load() needs an explicit device such as 'cpu' or 'cuda:0', got 'auto'")
-        if torch.device(device).type == "cpu" and cfg.dtype != "float32":
-            raise ValueError(
-                f"generator {cfg.name!r}: dtype {cfg.dtype!r} on a CPU device is unsupported or very "
-                'slow for convolutions; use dtype = "float32" on CPU'
-            )
-        for name in filter(None, choices(cfg.scheduler, "scheduler")):  # fail at load, not mid-run
-            _scheduler_class(name, cfg.name)
-        pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(
-            cfg.model,
-            revision=cfg.revision or None,
-            dtype=getattr(torch, cfg.dtype),
-            add_watermarker=False,
+        return diffusers.StableDiffusionXLPipeline.from_pretrained(
+            cfg.model, revision=cfg.revision or None, dtype=getattr(torch, cfg.dtype), add_watermarker=False
         )
-        pipe = pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
-        for component in pipe.components.values():
-            if isinstance(component, torch.nn.Module):
-                component.eval()
-        if torch.device(device).type == "cuda":
-            # diffusers already uses SDPA attention; channels_last speeds up the UNet's convolutions.
-            pipe.unet.to(memory_format=torch.channels_last)
-        if cfg.compile:
-            pipe.unet = torch.compile(pipe.unet)
-        self.pipe = pipe
-        self._device = device
-        self._own_scheduler = pipe.scheduler
-        self._schedulers = {}
-        self._embeds.clear()
-        self._revision = resolve_revision(cfg.model, cfg.revision)
 
-    def _scheduler(self, name: str) -> Any:
-        """The model's own scheduler for "", else `name` built from its config (cached)."""
-        if not name:
-            return self._own_scheduler
-        if name not in self._schedulers:
-            cls = _scheduler_class(name, self.config.name)
-            self._schedulers[name] = cls.from_config(self._own_scheduler.config)
-        return self._schedulers[name]
-
-    def generate(
+    def _batch(
         self, prompts: list[str], class_ids: list[int | None], seeds: list[int], settings: Settings
     ) -> list[Image.Image]:
-        import torch
-
-        if self.pipe is None:
-            raise RuntimeError(f"generator {self.config.name!r}: call load(device) before generate()")
-        if not len(prompts) == len(class_ids) == len(seeds):
-            raise ValueError(f"got {len(prompts)} prompts, {len(class_ids)} class ids, {len(seeds)} seeds")
-        self.pipe.scheduler = self._scheduler(settings.scheduler)
-        bs = self.config.batch_size
-        images: list[Image.Image] = []
-        with torch.inference_mode():
-            for start in range(0, len(prompts), bs):
-                images += self._generate_batch(prompts[start : start + bs], seeds[start : start + bs], settings)
-        return images
-
-    def _generate_batch(self, prompts: list[str], seeds: list[int], settings: Settings) -> list[Image.Image]:
         import torch
 
         embeds, pooled = self._embed(prompts)
@@ -177,11 +112,10 @@ class StableDiffusionXL(Generator):
             guidance_scale=settings.guidance,
             width=settings.width,
             height=settings.height,
-            # CPU generators: the initial noise is the same whichever device runs the model.
-            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+            generator=generators(seeds),
             output_type="pil",
         )
-        return [im.convert("RGB") for im in out.images]
+        return list(out.images)
 
     def _embed(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Stacked (hidden states, pooled) of `texts`, encoding each uncached string once."""
@@ -199,20 +133,6 @@ class StableDiffusionXL(Generator):
             self._embeds.put(t, found[t])
         return torch.stack([found[t][0] for t in texts]), torch.stack([found[t][1] for t in texts])
 
-    def provenance(self, settings: Settings) -> dict[str, Any]:
-        if self.pipe is None:
-            raise RuntimeError(f"generator {self.config.name!r}: call load(device) before provenance()")
-        scheduler = self._scheduler(settings.scheduler)
-        return {
-            "model": self.config.model,
-            "revision": self._revision,
-            "pipeline": type(self.pipe).__name__,
-            "scheduler": type(scheduler).__name__,
-            "scheduler_config": scheduler_hash(scheduler),
-            "dtype": self.config.dtype,
-            "safety_checker": False,  # SDXL pipelines have none
-        }
-
     @classmethod
     def tiny(cls, folder: Path, name: str = "tiny", **overrides: Any) -> GeneratorConfig:
         """A tiny random-weight SDXL pipeline saved to `folder`. `seed` and `block_out_channels`
@@ -227,11 +147,3 @@ class StableDiffusionXL(Generator):
         fields.update(overrides)
         return GeneratorConfig(name=name, family=cls.family, model=str(folder), **fields)
 
-
-def _scheduler_class(name: str, generator: str) -> Any:
-    import diffusers
-
-    cls = getattr(diffusers, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        raise Invalid("scheduler", f"generator {generator!r}: unknown diffusers scheduler {name!r}")
-    return cls
