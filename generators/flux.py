@@ -43,9 +43,9 @@ from typing import TYPE_CHECKING, Any
 
 from aigi.core.configtools import Invalid
 from aigi.core.lru import LRU
-from aigi.generators.base import Generator, GeneratorConfig, scheduler_hash
+from aigi.generators._pipeline import PipelineGenerator, generators
+from aigi.generators.base import GeneratorConfig
 from aigi.generators.settings import Settings, choices
-from aigi.manifests.revision import resolve_revision
 
 if TYPE_CHECKING:
     import torch
@@ -68,27 +68,14 @@ def _takes_sigmas_and_mu(scheduler_cls: type) -> bool:
     return "sigmas" in params and ("mu" in params or var_kw)
 
 
-class Flux(Generator):
+class Flux(PipelineGenerator):
     family = "flux"
     conditioning = "text"
     honours = frozenset({"steps", "guidance", "scheduler", "size"})
+    denoiser = "transformer"
 
-    def __init__(self, config: GeneratorConfig) -> None:
-        self.config = config
-        self.pipe: Any = None
-        self._device = ""
-        self._revision = ""
-        self._max_sequence_length = 512
-        self._own_scheduler: Any = None
-        self._schedulers: dict[str, Any] = {}
+    def _reset(self) -> None:
         self._embeds: LRU[str, tuple[torch.Tensor, torch.Tensor]] = LRU(EMBED_CACHE_SIZE)
-
-    # Only the config travels: a loaded pipeline must never be shipped through a Dask graph.
-    def __getstate__(self) -> dict[str, Any]:
-        return {"config": self.config}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["config"])
 
     @classmethod
     def check_config(cls, config: GeneratorConfig) -> None:
@@ -98,72 +85,25 @@ class Flux(Generator):
                 raise Invalid("size", f"Flux needs width and height that are multiples of "
                               f"{SIZE_MULTIPLE}, got {[w, h]}")
 
-    def load(self, device: str) -> None:
+    def _from_pretrained(self) -> Any:
         import diffusers
         import torch
 
         cfg = self.config
-        if device == "auto":
-            raise ValueError("load() needs an explicit device such as 'cpu' or 'cuda:0', got 'auto'")
-        if torch.device(device).type == "cpu" and cfg.dtype != "float32":
-            raise ValueError(f"generator {cfg.name!r}: dtype {cfg.dtype!r} on a CPU device is "
-                             'unsupported or very slow; use dtype = "float32" on CPU')
         pipe = diffusers.FluxPipeline.from_pretrained(
             cfg.model, revision=cfg.revision or None, dtype=getattr(torch, cfg.dtype)
         )
-        pipe = pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
-        for component in pipe.components.values():
-            if isinstance(component, torch.nn.Module):
-                component.eval()
-        if cfg.compile:
-            pipe.transformer.compile()  # in place: the pipeline keeps its module and config
-        self.pipe = pipe
-        self._device = device
         self._max_sequence_length = MAX_SEQUENCE_LENGTH[bool(pipe.transformer.config.guidance_embeds)]
-        self._own_scheduler = pipe.scheduler
-        self._schedulers.clear()
-        self._embeds.clear()
-        self._revision = resolve_revision(cfg.model, cfg.revision)
-        for scheduler in choices(cfg.scheduler, "scheduler"):  # a bad name fails here, not mid-run
-            self._scheduler(scheduler)
+        return pipe
 
-    def _scheduler(self, name: str) -> Any:
-        if not name:
-            return self._own_scheduler
-        if name not in self._schedulers:
-            import diffusers
+    def _check_scheduler(self, scheduler: Any) -> None:
+        if not _takes_sigmas_and_mu(type(scheduler)):
+            raise Invalid("scheduler", f"generator {self.config.name!r}: {type(scheduler).__name__} cannot "
+                          "run Flux (its set_timesteps must take `sigmas` and `mu`); use a flow-matching scheduler")
 
-            where = f"generator {self.config.name!r}: scheduler"
-            cls = getattr(diffusers, name, None)
-            if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-                raise ValueError(f"{where}: unknown diffusers scheduler {name!r}")
-            if not _takes_sigmas_and_mu(cls):
-                raise ValueError(f"{where}: {name} cannot run Flux (its set_timesteps must take "
-                                 "`sigmas` and `mu`); use a flow-matching scheduler")
-            self._schedulers[name] = cls.from_config(self._own_scheduler.config)
-        return self._schedulers[name]
-
-    def generate(
-        self, prompts: list[str], class_ids: list[int | None], seeds: list[int], settings: Settings
+    def _batch(
+        self, prompts: list[str], class_ids: list[int | None], seeds: list[int], s: Settings
     ) -> list[Image.Image]:
-        import torch
-
-        if self.pipe is None:
-            raise RuntimeError(f"generator {self.config.name!r}: call load(device) before generate()")
-        if not len(prompts) == len(class_ids) == len(seeds):
-            raise ValueError(f"got {len(prompts)} prompts, {len(class_ids)} class ids and "
-                             f"{len(seeds)} seeds")
-        self.pipe.scheduler = self._scheduler(settings.scheduler)
-        bs = self.config.batch_size
-        images: list[Image.Image] = []
-        with torch.inference_mode():
-            for start in range(0, len(prompts), bs):
-                images += self._batch(prompts[start:start + bs], seeds[start:start + bs], settings)
-        return images
-
-    def _batch(self, prompts: list[str], seeds: list[int], s: Settings) -> list[Image.Image]:
-        import torch
 
         embeds, pooled = self._embed(prompts)
         out = self.pipe(
@@ -174,11 +114,11 @@ class Flux(Generator):
             width=s.width,
             height=s.height,
             # CPU generators: the initial noise is the same whichever device runs the model.
-            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+            generator=generators(seeds),
             max_sequence_length=self._max_sequence_length,
             output_type="pil",
         )
-        return [im.convert("RGB") for im in out.images]
+        return list(out.images)
 
     def _embed(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Stacked T5 sequence embeddings and pooled CLIP embeddings of `texts`; each distinct
@@ -195,20 +135,6 @@ class Flux(Generator):
         for t, e in found.items():
             self._embeds.put(t, e)
         return (torch.stack([found[t][0] for t in texts]), torch.stack([found[t][1] for t in texts]))
-
-    def provenance(self, settings: Settings) -> dict[str, Any]:
-        if self.pipe is None:
-            raise RuntimeError(f"generator {self.config.name!r}: call load(device) before provenance()")
-        scheduler = self._scheduler(settings.scheduler)
-        return {
-            "model": self.config.model,
-            "revision": self._revision,
-            "pipeline": type(self.pipe).__name__,
-            "scheduler": type(scheduler).__name__,
-            "scheduler_config": scheduler_hash(scheduler),
-            "dtype": self.config.dtype,
-            "safety_checker": False,
-        }
 
     @classmethod
     def tiny(cls, folder: Path, name: str = "tiny", **overrides: Any) -> GeneratorConfig:
