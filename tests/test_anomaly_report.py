@@ -67,7 +67,7 @@ def test_report_per_generator_with_non_finite_points(tmp_path: Path) -> None:
         if source == "gen-a":
             c[0] = np.nan  # a trajectory that did not move
         points[source] = np.stack([c, v], 1)
-        write_features(feat_dir / source / "shard-00000.parquet", ids, list(range(n)),
+        write_features(feat_dir / source / shard.name, ids, list(range(n)),
                        {"complexity": c, "vulnerability": v, "as_i": v / c}, ex, f"f-{source}")
     [res] = run_stages([AnomalyReportStage(ctx, cfg.features["anomaly"], seed=5)], SerialExecutor(),
                        ctx.run.logs, io.StringIO())
