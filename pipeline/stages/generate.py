@@ -98,7 +98,7 @@ class GenerateStage(Stage):
                         encoded.result()
                     pending.append((batch, encoded))
                     for i, im in zip(batch, images, strict=True):
-                        rows[i] = self._row(items[i], seeds[i], st, prov, im)
+                        rows[i] = self._row(items[i], seeds[i], st, prov, im, type(state).honours)
             for batch, fut in pending:
                 for i, data in zip(batch, fut.result(), strict=True):
                     row = rows[i]
@@ -106,14 +106,14 @@ class GenerateStage(Stage):
                     row["image"] = {"bytes": data, "path": f"{row['image_id']}.png"}
                     row["sha256"] = sha256_bytes(data)
         table = pa.Table.from_pylist(rows, schema=IMAGES.arrow)
-        first = next(iter(provenance.values()))
+        # run.json keeps one record per generator; the schedulers a varied entry used are listed in it.
+        first = {**next(iter(provenance.values())), "schedulers": sorted(provenance)}
         write_shard(table, unit.output, IMAGES, unit.producer, extra={"generator": self.gen.name, "provenance": first})
         return {"items": len(rows), "provenance": {self.gen.name: first}, **stats}
 
-    def _row(self, item: dict[str, Any], seed: int, st: Settings, prov: dict[str, Any], im: Any) -> dict[str, Any]:
-        from aigi.generators.registry import get
-
-        honours = get(self.gen.family).honours
+    def _row(
+        self, item: dict[str, Any], seed: int, st: Settings, prov: dict[str, Any], im: Any, honours: frozenset[str]
+    ) -> dict[str, Any]:
         image_id = content_id("generated", self._fp, item["prompt_id"], seed)
         return {
             "image_id": image_id,
