@@ -57,6 +57,9 @@ class PipelineGenerator(Generator):
     ) -> list[Image.Image]:
         raise NotImplementedError
 
+    def _denoiser_name(self, pipe: Any) -> str:
+        return self.denoiser
+
     def _check_scheduler(self, scheduler: Any) -> None:
         """Raise ValueError naming `scheduler` for a scheduler this pipeline cannot run with."""
 
@@ -70,15 +73,17 @@ class PipelineGenerator(Generator):
         for component in pipe.components.values():
             if isinstance(component, torch.nn.Module):
                 component.eval()
-        denoiser = getattr(pipe, self.denoiser)
-        if torch.device(device).type == "cuda" and self.denoiser == "unet":
+        name = self._denoiser_name(pipe)
+        denoiser = getattr(pipe, name)
+        if torch.device(device).type == "cuda" and name == "unet":
             # diffusers already uses SDPA attention; channels_last speeds up the UNet's convolutions.
             denoiser.to(memory_format=torch.channels_last)
         if cfg.compile:
-            setattr(pipe, self.denoiser, torch.compile(denoiser))
+            setattr(pipe, name, torch.compile(denoiser))
         self.pipe = pipe
         self._device = device
-        self._schedulers = Schedulers(pipe.scheduler, cfg.name)
+        # A pipeline without a scheduler component (rare; `generic` only) runs as it is.
+        self._schedulers = Schedulers(getattr(pipe, "scheduler", None), cfg.name)
         for name in choices(cfg.scheduler, "scheduler"):  # a bad scheduler fails at load, not mid-run
             self._check_scheduler(self._schedulers.get(name))
         self._reset()
@@ -93,7 +98,8 @@ class PipelineGenerator(Generator):
             raise RuntimeError(f"generator {self.config.name!r}: call load(device) before generate()")
         if not len(prompts) == len(class_ids) == len(seeds):
             raise ValueError(f"got {len(prompts)} prompts, {len(class_ids)} class ids and {len(seeds)} seeds")
-        self.pipe.scheduler = self._schedulers.get(settings.scheduler)
+        if self._schedulers.base is not None:
+            self.pipe.scheduler = self._schedulers.get(settings.scheduler)
         bs = self.config.batch_size
         images: list[Image.Image] = []
         with torch.inference_mode():
@@ -113,8 +119,8 @@ class PipelineGenerator(Generator):
             "model": self.config.model,
             "revision": self._revision,
             "pipeline": type(self.pipe).__name__,
-            "scheduler": type(scheduler).__name__,
-            "scheduler_config": scheduler_hash(scheduler),
+            "scheduler": type(scheduler).__name__ if scheduler is not None else "none",
+            "scheduler_config": scheduler_hash(scheduler) if scheduler is not None else "none",
             "dtype": self.config.dtype,
             "safety_checker": self._safety_checker(),
         }

@@ -170,6 +170,8 @@ class Schedulers:
         self._built: dict[str, Any] = {"": base}
 
     def get(self, name: str) -> Any:
+        if name and self.base is None:
+            raise Invalid("scheduler", f"generator {self.generator!r}: the pipeline has no scheduler to swap")
         if name not in self._built:
             import diffusers
 

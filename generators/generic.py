@@ -1,7 +1,7 @@
 """Generic: any text-to-image pipeline diffusers can load, called with the common arguments only.
 
-For models with no family of their own (Kandinsky, Würstchen, PixArt-Σ, Playground, Sana, an
-LCM, a community checkpoint...). The pipeline class is found by
+For models with no family of their own (Kandinsky 3, Würstchen, Playground, Sana, an LCM, a
+community checkpoint...). The pipeline class is found by
 `AutoPipelineForText2Image.from_pretrained` (which also maps an img2img or inpaint checkpoint to
 its text-to-image twin), falling back to `DiffusionPipeline.from_pretrained` (the class named in
 `model_index.json`) when AutoPipeline knows no text-to-image class for it; with `pipeline` set,
@@ -39,15 +39,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aigi.core.configtools import Invalid
-from aigi.generators.base import (
-    Generator,
-    GeneratorConfig,
-    Schedulers,
-    check_device,
-    scheduler_hash,
-)
-from aigi.generators.settings import Settings, choices
-from aigi.manifests.revision import resolve_revision
+from aigi.generators._pipeline import PipelineGenerator, generators
+from aigi.generators.base import GeneratorConfig
+from aigi.generators.settings import Settings
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -63,23 +57,14 @@ CLASS_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TINY_BUILDER_KEYS = ("seed", "save_as")
 
 
-class Generic(Generator):
+class Generic(PipelineGenerator):
     family = "generic"
     conditioning = "text"
 
-    def __init__(self, config: GeneratorConfig) -> None:
-        self.config = config
-        self.pipe: Any = None
-        self._revision = ""
-        self._accepts: frozenset[str] = frozenset()
-        self._schedulers: Schedulers | None = None
-
-    # Only the config travels: a loaded pipeline must never be shipped through a Dask graph.
-    def __getstate__(self) -> dict[str, Any]:
-        return {"config": self.config}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["config"])
+    def _reset(self) -> None:
+        # The `__call__` arguments of the loaded pipeline, set by `_from_pretrained` (kept when
+        # `load` resets the caches after it).
+        self._accepts: frozenset[str] = getattr(self, "_accepts", frozenset())
 
     @classmethod
     def check_config(cls, config: GeneratorConfig) -> None:
@@ -90,42 +75,31 @@ class Generic(Generator):
             )
 
     def load(self, device: str) -> None:
-        import torch
-
         cfg = self.config
-        check_device(cfg, device)
         if cfg.trust_remote_code:
             warnings.warn(
                 f"generator {cfg.name!r}: trust_remote_code = true: Python code from the model "
                 f"repository {cfg.model!r} will run in this process",
                 stacklevel=2,
             )
-        pipe = self._from_pretrained(dtype=getattr(torch, cfg.dtype))
+        super().load(device)
+
+    def _denoiser_name(self, pipe: Any) -> str:
+        import torch
+
+        return "unet" if isinstance(getattr(pipe, "unet", None), torch.nn.Module) else "transformer"
+
+    def _from_pretrained(self) -> Any:
+        import diffusers
+        import torch
+
+        cfg = self.config
+        pipe = self._load_class(diffusers, getattr(torch, cfg.dtype))
         self._accepts = _call_arguments(pipe)
         self._check_arguments(pipe)
-        pipe = pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
-        for component in pipe.components.values():
-            if isinstance(component, torch.nn.Module):
-                component.eval()
-        denoiser = (
-            "unet" if isinstance(getattr(pipe, "unet", None), torch.nn.Module) else "transformer"
-        )
-        if denoiser == "unet" and torch.device(device).type == "cuda":
-            pipe.unet.to(memory_format=torch.channels_last)
-        if cfg.compile and isinstance(getattr(pipe, denoiser, None), torch.nn.Module):
-            setattr(pipe, denoiser, torch.compile(getattr(pipe, denoiser)))
-        self.pipe = pipe
-        scheduler = getattr(pipe, "scheduler", None)
-        self._schedulers = Schedulers(scheduler, cfg.name) if scheduler is not None else None
-        for name in choices(cfg.scheduler, "scheduler"):  # an unknown one fails at load
-            if name and self._schedulers is not None:
-                self._schedulers.get(name)
-        self._revision = resolve_revision(cfg.model, cfg.revision)
+        return pipe
 
-    def _from_pretrained(self, dtype: Any) -> Any:
-        import diffusers
-
+    def _load_class(self, diffusers: Any, dtype: Any) -> Any:
         cfg = self.config
         cls = None
         if cfg.pipeline:
@@ -185,37 +159,9 @@ class Generic(Generator):
         if cfg.scheduler != defaults["scheduler"] and getattr(pipe, "scheduler", None) is None:
             raise Invalid("scheduler", f"generator {cfg.name!r}: {name} has no scheduler component")
 
-    def generate(
+    def _batch(
         self, prompts: list[str], class_ids: list[int | None], seeds: list[int], settings: Settings
     ) -> list[Image.Image]:
-        import torch
-
-        cfg = self.config
-        if self.pipe is None:
-            raise RuntimeError(f"generator {cfg.name!r}: call load(device) before generate()")
-        if len(prompts) != len(seeds):
-            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
-        if self._schedulers is not None:
-            self.pipe.scheduler = self._schedulers.get(settings.scheduler)
-        bs = cfg.batch_size
-        images: list[Image.Image] = []
-        with torch.inference_mode():
-            for start in range(0, len(prompts), bs):
-                batch = prompts[start : start + bs]
-                out = self.pipe(**self._arguments(batch, seeds[start : start + bs], settings))
-                if len(out.images) != len(batch):
-                    raise RuntimeError(
-                        f"generator {cfg.name!r}: {type(self.pipe).__name__} returned "
-                        f"{len(out.images)} images for {len(batch)} prompts"
-                    )
-                images += [im.convert("RGB") for im in out.images]
-        return images
-
-    def _arguments(
-        self, prompts: list[str], seeds: list[int], settings: Settings
-    ) -> dict[str, Any]:
-        import torch
-
         candidates: dict[str, Any] = {
             "prompt": list(prompts),
             "negative_prompt": [settings.negative_prompt] * len(prompts),
@@ -223,29 +169,16 @@ class Generic(Generator):
             "guidance_scale": settings.guidance,
             "width": settings.width,
             "height": settings.height,
-            # CPU generators: the initial noise is the same whichever device runs the model.
-            "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds],
+            "generator": generators(seeds),
             "output_type": "pil",
         }
-        return {k: v for k, v in candidates.items() if k in self._accepts}
-
-    def provenance(self, settings: Settings) -> dict[str, Any]:
-        if self.pipe is None:
+        out = self.pipe(**{k: v for k, v in candidates.items() if k in self._accepts})
+        if len(out.images) != len(prompts):
             raise RuntimeError(
-                f"generator {self.config.name!r}: call load(device) before provenance()"
+                f"generator {self.config.name!r}: {type(self.pipe).__name__} returned "
+                f"{len(out.images)} images for {len(prompts)} prompts"
             )
-        scheduler = (
-            self._schedulers.get(settings.scheduler) if self._schedulers is not None else None
-        )
-        return {
-            "model": self.config.model,
-            "revision": self._revision,
-            "pipeline": type(self.pipe).__name__,
-            "scheduler": type(scheduler).__name__ if scheduler is not None else "none",
-            "scheduler_config": scheduler_hash(scheduler) if scheduler is not None else "none",
-            "dtype": self.config.dtype,
-            "safety_checker": getattr(self.pipe, "safety_checker", None) is not None,
-        }
+        return list(out.images)
 
     @classmethod
     def tiny(cls, folder: Path, name: str = "tiny", **overrides: Any) -> GeneratorConfig:
