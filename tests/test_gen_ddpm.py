@@ -1,29 +1,26 @@
 """The ddpm family: a tiny DDPM in google/ddpm-*'s root layout against a plain DDPMPipeline call."""
 
 import dataclasses
-import pickle
 
-import numpy as np
 import pytest
+from family_checks import (  # noqa: E402
+    PROV_KEYS,
+    SEEDS,
+    assert_differs,
+    check_alone_and_reversed,
+    check_other_scheduler,
+    check_seeded,
+    close,
+    loaded,
+)
 
 from aigi.core.configtools import Invalid
 from aigi.generators import registry
 from aigi.generators.settings import Settings, draw
-from aigi.manifests.imagebytes import encode_png
 from aigi.manifests.revision import resolve_revision
 
 PROMPTS = ["", "", ""]  # unconditioned: the prompts only count the images
 CLASS_IDS = [None, None, None]
-SEEDS = [11, 22, 33]
-KEYS = ("model", "revision", "pipeline", "scheduler", "scheduler_config", "dtype")
-
-
-def _px(image) -> np.ndarray:
-    return np.asarray(image, dtype=np.int16)
-
-
-def _close(a, b) -> bool:
-    return bool(np.abs(_px(a) - _px(b)).max() <= 2)
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +33,7 @@ def built(tmp_path_factory):
 @pytest.fixture(scope="module")
 def gen(built):
     cls, _, cfg = built
-    g = pickle.loads(pickle.dumps(cls(cfg)))  # Dask ships it unloaded
-    g.load("cpu")
-    return g
+    return loaded(cls, cfg)
 
 
 @pytest.fixture(scope="module")
@@ -89,22 +84,16 @@ def test_images_have_the_model_size_and_rgb(batch, gen):
 
 
 def test_same_seed_same_bytes_different_seed_differs(gen, settings, batch):
-    again = gen.generate(PROMPTS[:1], CLASS_IDS[:1], SEEDS[:1], settings)[0]
-    assert encode_png(again) == encode_png(batch[0])
-    other = gen.generate(PROMPTS[:1], CLASS_IDS[:1], [SEEDS[0] + 1], settings)[0]
-    assert np.abs(_px(other) - _px(batch[0])).mean() > 1.0
+    check_seeded(gen, batch, PROMPTS, CLASS_IDS, SEEDS, settings)
 
 
 def test_batch_independence(gen, settings, batch):
     """Each image's generator feeds its initial noise and every DDPM step's noise."""
-    alone = gen.generate(PROMPTS[1:2], CLASS_IDS[1:2], SEEDS[1:2], settings)[0]
-    assert _close(alone, batch[1])
-    reverse = gen.generate(PROMPTS, CLASS_IDS, SEEDS[::-1], settings)
-    assert all(_close(x, y) for x, y in zip(batch, reverse[::-1], strict=True))
+    check_alone_and_reversed(gen, batch, PROMPTS, CLASS_IDS, SEEDS, settings)  # PROMPTS all ""
     split = gen.__class__(dataclasses.replace(gen.config, batch_size=2))
     split.pipe, split._schedulers = gen.pipe, gen._schedulers
     assert all(
-        _close(x, y)
+        close(x, y)
         for x, y in zip(batch, split.generate(PROMPTS, CLASS_IDS, SEEDS, settings), strict=True)
     )
 
@@ -112,14 +101,14 @@ def test_batch_independence(gen, settings, batch):
 def test_matches_plain_diffusers_pipeline(built, batch, settings):
     pipe = _plain(built[1])
     for seed, im in zip(SEEDS, batch, strict=True):
-        assert _close(im, _plain_call(pipe, seed, settings.steps))
+        assert close(im, _plain_call(pipe, seed, settings.steps))
 
 
 def test_steps_change_the_image(gen, settings, batch):
     longer = gen.generate(
         PROMPTS[:1], CLASS_IDS[:1], SEEDS[:1], dataclasses.replace(settings, steps=5)
     )[0]
-    assert np.abs(_px(longer) - _px(batch[0])).mean() > 0.5
+    assert_differs(longer, batch[0], 0.5)
 
 
 def test_ddim_swap_matches_plain_pipeline(built, gen, settings, batch):
@@ -127,15 +116,14 @@ def test_ddim_swap_matches_plain_pipeline(built, gen, settings, batch):
     ours = gen.generate(PROMPTS[:2], CLASS_IDS[:2], SEEDS[:2], s)
     pipe = _plain(built[1], "DDIMScheduler")
     for seed, im in zip(SEEDS[:2], ours, strict=True):
-        assert _close(im, _plain_call(pipe, seed, s.steps))
-    assert np.abs(_px(ours[0]) - _px(batch[0])).mean() > 0.5  # DDIM is another sampler
-    assert gen.provenance(s)["scheduler"] == "DDIMScheduler"
-    assert gen.provenance(s)["scheduler_config"] != gen.provenance(settings)["scheduler_config"]
+        assert close(im, _plain_call(pipe, seed, s.steps))
+    assert_differs(ours[0], batch[0], 0.5)  # DDIM is another sampler
+    check_other_scheduler(gen.provenance(settings), gen.provenance(s), "DDIMScheduler")
 
 
 def test_provenance(gen, built, settings):
     prov = gen.provenance(settings)
-    assert all(prov[k] for k in KEYS)
+    assert all(prov[k] for k in PROV_KEYS)
     assert prov["safety_checker"] is False
     assert prov["pipeline"] == "DDPMPipeline" and prov["scheduler"] == "DDPMScheduler"
     assert prov["revision"] == resolve_revision(str(built[1]))

@@ -1,29 +1,26 @@
 """The dit family: a tiny DiT in facebook/DiT-XL-2-256's layout against a plain DiTPipeline call."""
 
 import dataclasses
-import pickle
 
-import numpy as np
 import pytest
+from family_checks import (  # noqa: E402
+    PROV_KEYS,
+    SEEDS,
+    assert_differs,
+    check_alone_and_reversed,
+    check_other_scheduler,
+    check_seeded,
+    close,
+    loaded,
+)
 
 from aigi.core.configtools import Invalid
 from aigi.generators import registry
 from aigi.generators.settings import Settings, draw
-from aigi.manifests.imagebytes import encode_png
 from aigi.manifests.revision import resolve_revision
 
 PROMPTS = ["a photo of a tench", "a photo of a goldfish", "a photo of a tiger shark"]
 CLASS_IDS = [0, 1, 3]
-SEEDS = [11, 22, 33]
-KEYS = ("model", "revision", "pipeline", "scheduler", "scheduler_config", "dtype")
-
-
-def _px(image) -> np.ndarray:
-    return np.asarray(image, dtype=np.int16)
-
-
-def _close(a, b) -> bool:
-    return bool(np.abs(_px(a) - _px(b)).max() <= 2)
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +33,7 @@ def built(tmp_path_factory):
 @pytest.fixture(scope="module")
 def gen(built):
     cls, _, cfg = built
-    g = pickle.loads(pickle.dumps(cls(cfg)))  # Dask ships it unloaded
-    g.load("cpu")
-    return g
+    return loaded(cls, cfg)
 
 
 @pytest.fixture(scope="module")
@@ -90,31 +85,25 @@ def test_images_have_the_model_size_and_rgb(batch, gen):
 
 
 def test_same_seed_same_bytes_different_seed_differs(gen, settings, batch):
-    again = gen.generate(PROMPTS[:1], CLASS_IDS[:1], SEEDS[:1], settings)[0]
-    assert encode_png(again) == encode_png(batch[0])
-    other = gen.generate(PROMPTS[:1], CLASS_IDS[:1], [SEEDS[0] + 1], settings)[0]
-    assert np.abs(_px(other) - _px(batch[0])).mean() > 1.0
+    check_seeded(gen, batch, PROMPTS, CLASS_IDS, SEEDS, settings)
 
 
 def test_batch_independence(gen, settings, batch):
-    alone = gen.generate([PROMPTS[1]], [CLASS_IDS[1]], [SEEDS[1]], settings)[0]
-    assert _close(alone, batch[1])
-    reverse = gen.generate(PROMPTS[::-1], CLASS_IDS[::-1], SEEDS[::-1], settings)
-    assert all(_close(x, y) for x, y in zip(batch, reverse[::-1], strict=True))
+    check_alone_and_reversed(gen, batch, PROMPTS, CLASS_IDS, SEEDS, settings)
 
 
 def test_class_and_guidance_change_the_image(gen, settings, batch):
     other_class = gen.generate(PROMPTS[:1], [CLASS_IDS[1]], SEEDS[:1], settings)[0]
-    assert np.abs(_px(other_class) - _px(batch[0])).mean() > 0.5
+    assert_differs(other_class, batch[0], 0.5)
     unguided = gen.generate(
         PROMPTS[:1], CLASS_IDS[:1], SEEDS[:1], dataclasses.replace(settings, guidance=1.0)
     )[0]
-    assert np.abs(_px(unguided) - _px(batch[0])).mean() > 0.5
+    assert_differs(unguided, batch[0], 0.5)
 
 
 def test_matches_plain_diffusers_pipeline(batch, plain, settings):
     for class_id, seed, im in zip(CLASS_IDS, SEEDS, batch, strict=True):
-        assert _close(im, _plain_call(plain, class_id, seed, settings))
+        assert close(im, _plain_call(plain, class_id, seed, settings))
 
 
 def test_scheduler_swap_matches_plain_pipeline(gen, plain, settings):
@@ -128,14 +117,13 @@ def test_scheduler_swap_matches_plain_pipeline(gen, plain, settings):
         ref = _plain_call(plain, CLASS_IDS[0], SEEDS[0], s)
     finally:
         plain.scheduler = own
-    assert _close(ours, ref)
-    assert gen.provenance(s)["scheduler"] == "DPMSolverMultistepScheduler"
-    assert gen.provenance(s)["scheduler_config"] != gen.provenance(settings)["scheduler_config"]
+    assert close(ours, ref)
+    check_other_scheduler(gen.provenance(settings), gen.provenance(s), "DPMSolverMultistepScheduler")
 
 
 def test_provenance(gen, built, settings):
     prov = gen.provenance(settings)
-    assert all(prov[k] for k in KEYS)
+    assert all(prov[k] for k in PROV_KEYS)
     assert prov["safety_checker"] is False
     assert prov["pipeline"] == "DiTPipeline" and prov["scheduler"] == "DDIMScheduler"
     assert prov["revision"] == resolve_revision(str(built[1]))

@@ -7,35 +7,32 @@
 """
 
 import dataclasses
-import pickle
 import warnings
 
-import numpy as np
 import pytest
+from family_checks import (  # noqa: E402
+    PROMPTS,
+    PROV_KEYS,
+    SEEDS,
+    assert_differs,
+    check_alone_and_reversed,
+    check_other_scheduler,
+    check_seeded,
+    close,
+    loaded,
+)
 
 from aigi.core.configtools import Invalid
 from aigi.generators import registry
 from aigi.generators.settings import Settings, draw
-from aigi.manifests.imagebytes import encode_png
 from aigi.manifests.revision import resolve_revision
 
-PROMPTS = ["a photo of the cat", "a painting of a house", "the dog on the beach"]
 CLASS_IDS = [None, None, None]
-SEEDS = [11, 22, 33]
-KEYS = ("model", "revision", "pipeline", "scheduler", "scheduler_config", "dtype")
 SD, LCM, SAG = (
     "StableDiffusionPipeline",
     "LatentConsistencyModelPipeline",
     "StableDiffusionSAGPipeline",
 )
-
-
-def _px(image) -> np.ndarray:
-    return np.asarray(image, dtype=np.int16)
-
-
-def _close(a, b) -> bool:
-    return bool(np.abs(_px(a) - _px(b)).max() <= 2)
 
 
 _BUILT: dict[str, tuple] = {}
@@ -55,17 +52,11 @@ def _build(save_as: str, tmp_path_factory) -> tuple:
     return _BUILT[save_as]
 
 
-def _load(cls, cfg):
-    g = pickle.loads(pickle.dumps(cls(cfg)))  # Dask ships it unloaded
-    g.load("cpu")
-    return g
-
-
 @pytest.fixture(scope="module")
 def sd(tmp_path_factory):
     cls, folder, cfg = _build(SD, tmp_path_factory)
     cfg = dataclasses.replace(cfg, negative_prompt="blurry", size=(64, 48), batch_size=2)
-    return _load(cls, cfg), folder
+    return loaded(cls, cfg), folder
 
 
 @pytest.fixture(scope="module")
@@ -121,18 +112,12 @@ def test_sd_images_have_settings_size_and_rgb(sd_images, settings):
 
 def test_sd_same_seed_same_bytes_different_seed_differs(sd, settings, sd_images):
     gen = sd[0]
-    again = gen.generate(PROMPTS[:1], CLASS_IDS[:1], SEEDS[:1], settings)[0]
-    assert encode_png(again) == encode_png(sd_images[0])
-    other = gen.generate(PROMPTS[:1], CLASS_IDS[:1], [SEEDS[0] + 1], settings)[0]
-    assert np.abs(_px(other) - _px(sd_images[0])).mean() > 1.0
+    check_seeded(gen, sd_images, PROMPTS, CLASS_IDS, SEEDS, settings)
 
 
 def test_sd_batch_independence(sd, settings, sd_images):
     gen = sd[0]
-    alone = gen.generate(PROMPTS[1:2], CLASS_IDS[1:2], SEEDS[1:2], settings)[0]
-    assert _close(alone, sd_images[1])
-    reverse = gen.generate(PROMPTS[::-1], CLASS_IDS, SEEDS[::-1], settings)
-    assert all(_close(x, y) for x, y in zip(sd_images, reverse[::-1], strict=True))
+    check_alone_and_reversed(gen, sd_images, PROMPTS, CLASS_IDS, SEEDS, settings)  # ids all None
 
 
 def test_sd_matches_plain_pipeline(sd, settings, sd_images):
@@ -140,12 +125,12 @@ def test_sd_matches_plain_pipeline(sd, settings, sd_images):
     assert type(gen.pipe).__name__ == SD
     pipe = _plain(SD, folder)
     for prompt, seed, im in zip(PROMPTS, SEEDS, sd_images, strict=True):
-        assert _close(im, _plain_call(pipe, prompt, seed, settings))
+        assert close(im, _plain_call(pipe, prompt, seed, settings))
     # The negative prompt is really applied.
     plain = _plain_call(
         pipe, PROMPTS[0], SEEDS[0], dataclasses.replace(settings, negative_prompt="")
     )
-    assert np.abs(_px(plain) - _px(sd_images[0])).mean() > 0.5
+    assert_differs(plain, sd_images[0], 0.5)
 
 
 def test_sd_scheduler_swap_and_provenance(sd, settings, sd_images):
@@ -156,18 +141,17 @@ def test_sd_scheduler_swap_and_provenance(sd, settings, sd_images):
     from diffusers import EulerDiscreteScheduler
 
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    assert _close(ours, _plain_call(pipe, PROMPTS[0], SEEDS[0], s))
+    assert close(ours, _plain_call(pipe, PROMPTS[0], SEEDS[0], s))
     prov, prov_euler = gen.provenance(settings), gen.provenance(s)
-    assert all(prov[k] for k in KEYS) and prov["safety_checker"] is False
+    assert all(prov[k] for k in PROV_KEYS) and prov["safety_checker"] is False
     assert prov["pipeline"] == SD and prov["scheduler"] == "DDIMScheduler"
-    assert prov_euler["scheduler"] == "EulerDiscreteScheduler"
-    assert prov_euler["scheduler_config"] != prov["scheduler_config"]
+    check_other_scheduler(prov, prov_euler, "EulerDiscreteScheduler")
     assert prov["revision"] == resolve_revision(str(folder))
 
 
 def test_explicit_pipeline_class(sd, tmp_path_factory):
     cls, folder, cfg = _build(SD, tmp_path_factory)
-    gen = _load(cls, dataclasses.replace(cfg, pipeline=SD))
+    gen = loaded(cls, dataclasses.replace(cfg, pipeline=SD))
     assert gen.provenance(draw(gen.config, 0))["pipeline"] == SD
     with pytest.raises(Invalid) as e:
         cls(dataclasses.replace(cfg, pipeline="NoSuchPipeline")).load("cpu")
@@ -210,17 +194,17 @@ def test_trust_remote_code_is_passed_and_warned(sd, tmp_path_factory, monkeypatc
 
 def test_lcm_matches_plain_pipeline(tmp_path_factory):
     cls, folder, cfg = _build(LCM, tmp_path_factory)
-    gen = _load(cls, cfg)
+    gen = loaded(cls, cfg)
     s = draw(cfg, 0)
     images = gen.generate(PROMPTS[:2], CLASS_IDS[:2], SEEDS[:2], s)
     pipe = _plain(LCM, folder)
     for prompt, seed, im in zip(PROMPTS[:2], SEEDS[:2], images, strict=True):
         assert im.size == (64, 64) and im.mode == "RGB"
-        assert _close(im, _plain_call(pipe, prompt, seed, s, negative=False))
+        assert close(im, _plain_call(pipe, prompt, seed, s, negative=False))
     alone = gen.generate(PROMPTS[1:2], CLASS_IDS[1:2], SEEDS[1:2], s)[0]
-    assert _close(alone, images[1])
+    assert close(alone, images[1])
     prov = gen.provenance(s)
-    assert all(prov[k] for k in KEYS)
+    assert all(prov[k] for k in PROV_KEYS)
     assert prov["pipeline"] == LCM and prov["scheduler"] == "LCMScheduler"
 
 
@@ -238,9 +222,9 @@ def test_class_unknown_to_autopipeline_loads_through_diffusion_pipeline(tmp_path
     cls, folder, cfg = _build(SAG, tmp_path_factory)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        gen = _load(cls, cfg)
+        gen = loaded(cls, cfg)
         s = draw(cfg, 0)
         ours = gen.generate(PROMPTS[:1], CLASS_IDS[:1], SEEDS[:1], s)[0]
         ref = _plain_call(_plain(SAG, folder), PROMPTS[0], SEEDS[0], s)
     assert gen.provenance(s)["pipeline"] == SAG
-    assert _close(ours, ref)
+    assert close(ours, ref)

@@ -5,28 +5,34 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import dataclasses  # noqa: E402
-import pickle  # noqa: E402
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from family_checks import (  # noqa: E402
+    PROMPTS,
+    SEEDS,
+    changer,
+    check_batch_boundary,
+    check_equal_images,
+    check_every_setting_changes,
+    check_load_errors,
+    check_other_scheduler,
+    check_pickles_unloaded,
+    check_provenance_keys,
+    check_rejects,
+    check_same_seed_same_bytes,
+    check_size_and_rgb,
+    count_encoded,
+    generate,
+    loaded,
+    text_pipeline_call,
+)
 
 from aigi.core.configtools import Invalid  # noqa: E402
 from aigi.generators.sd3 import StableDiffusion3  # noqa: E402
 from aigi.generators.settings import Settings  # noqa: E402
-from aigi.manifests.imagebytes import encode_png  # noqa: E402
 
-PROMPTS = ["a photo of the cat", "a painting of a house", "the dog on the beach"]
-SEEDS = [11, 22, 33]
-KEYS = ("model", "revision", "pipeline", "scheduler", "scheduler_config", "dtype", "safety_checker")
 BASE = Settings(steps=3, guidance=3.0, scheduler="", width=64, height=64, negative_prompt="")
-
-
-def st(**changes) -> Settings:
-    return dataclasses.replace(BASE, **changes)
-
-
-def px(image) -> np.ndarray:
-    return np.asarray(image, dtype=np.int16)
+st = changer(BASE)
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +43,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gen(tiny):
-    _, cfg = tiny
-    g = pickle.loads(pickle.dumps(StableDiffusion3(cfg)))  # Dask ships it unloaded
-    g.load("cpu")
-    return g
+    return loaded(StableDiffusion3, tiny[1])
 
 
 @pytest.fixture(scope="module")
@@ -52,26 +55,8 @@ def plain(tiny):
     return pipe, pipe.scheduler
 
 
-def reference(plain, prompts: list[str], seeds: list[int], s: Settings) -> list:
-    """The bare diffusers call: prompts as text, one CPU generator per image."""
-    import diffusers
-    import torch
-
-    pipe, own = plain
-    pipe.scheduler = getattr(diffusers, s.scheduler).from_config(own.config) if s.scheduler else own
-    return pipe(
-        prompt=prompts,
-        negative_prompt=[s.negative_prompt] * len(prompts) if s.negative_prompt else None,
-        num_inference_steps=s.steps,
-        guidance_scale=s.guidance,
-        width=s.width,
-        height=s.height,
-        generator=[torch.Generator("cpu").manual_seed(x) for x in seeds],
-    ).images
-
-
 def gen_images(gen, prompts, seeds, s=BASE):
-    return gen.generate(prompts, [None] * len(prompts), seeds, s)
+    return generate(gen, prompts, seeds, s)
 
 
 def test_the_tiny_runs_all_three_text_encoders(gen):
@@ -82,23 +67,15 @@ def test_the_tiny_runs_all_three_text_encoders(gen):
 
 def test_images_have_the_settings_size_and_are_rgb(gen):
     images = gen_images(gen, PROMPTS[:2], SEEDS[:2], st(width=64, height=32))
-    assert [im.size for im in images] == [(64, 32)] * 2
-    assert all(im.mode == "RGB" for im in images)
+    check_size_and_rgb(images, (64, 32), 2)
 
 
 def test_same_seed_same_bytes_different_seed_different_image(gen):
-    a, b = (encode_png(gen_images(gen, PROMPTS[:1], SEEDS[:1])[0]) for _ in range(2))
-    c = encode_png(gen_images(gen, PROMPTS[:1], [SEEDS[0] + 1])[0])
-    assert a == b
-    assert a != c
+    check_same_seed_same_bytes(gen, BASE)
 
 
 def test_image_depends_only_on_its_prompt_and_seed(gen):
-    batch = gen_images(gen, PROMPTS, SEEDS)  # batch_size 2: crosses a batch boundary
-    alone = gen_images(gen, PROMPTS[2:], SEEDS[2:])[0]
-    assert np.abs(px(batch[2]) - px(alone)).max() <= 2
-    first = gen_images(gen, PROMPTS[:1], SEEDS[:1])[0]
-    assert np.abs(px(batch[0]) - px(first)).max() <= 2
+    check_batch_boundary(gen, BASE)  # batch_size 2: crosses a batch boundary
 
 
 @pytest.mark.parametrize(
@@ -113,48 +90,36 @@ def test_image_depends_only_on_its_prompt_and_seed(gen):
 )
 def test_equals_a_plain_diffusers_call(gen, plain, s):
     ours = gen_images(gen, PROMPTS, SEEDS, s)
-    ref = reference(plain, PROMPTS, SEEDS, s)
-    for a, b in zip(ours, ref, strict=True):
-        assert a.size == (s.width, s.height)
-        assert np.abs(px(a) - px(b)).max() <= 2
+    check_equal_images(ours, text_pipeline_call(plain, PROMPTS, SEEDS, s), s)
 
 
 def test_every_setting_changes_the_pixels(gen):
-    base = px(gen_images(gen, PROMPTS[:1], SEEDS[:1])[0])
-    for change in (
-        dict(steps=2),
-        dict(guidance=6.0),
-        dict(scheduler="FlowMatchHeunDiscreteScheduler"),
-        dict(negative_prompt="blurry"),
-    ):
-        other = px(gen_images(gen, PROMPTS[:1], SEEDS[:1], st(**change))[0])
-        assert np.abs(other - base).mean() > 0.5, change
+    check_every_setting_changes(
+        gen,
+        BASE,
+        (
+            dict(steps=2),
+            dict(guidance=6.0),
+            dict(scheduler="FlowMatchHeunDiscreteScheduler"),
+            dict(negative_prompt="blurry"),
+        ),
+    )
 
 
 def test_provenance(gen, tiny):
     prov = gen.provenance(BASE)
-    assert set(KEYS) <= set(prov)
-    assert all(prov[k] not in (None, "") for k in KEYS)
+    check_provenance_keys(prov)
     assert prov["model"] == str(tiny[0]) and prov["safety_checker"] is False
     assert prov["pipeline"] == "StableDiffusion3Pipeline"
     assert prov["scheduler"] == "FlowMatchEulerDiscreteScheduler"
     other = gen.provenance(st(scheduler="FlowMatchHeunDiscreteScheduler"))
-    assert other["scheduler"] == "FlowMatchHeunDiscreteScheduler"
-    assert other["scheduler_config"] != prov["scheduler_config"]
+    check_other_scheduler(prov, other, "FlowMatchHeunDiscreteScheduler")
 
 
 def test_encodes_each_distinct_prompt_once(tiny, monkeypatch):
     g = StableDiffusion3(tiny[1])
     g.load("cpu")
-    encoded: list[str] = []
-    original = g.pipe.encode_prompt
-
-    def counting(prompt, *args, **kwargs):
-        if prompt is not None:  # the pipeline itself calls it with prompt=None
-            encoded.extend([prompt] if isinstance(prompt, str) else prompt)
-        return original(prompt, *args, **kwargs)
-
-    monkeypatch.setattr(g.pipe, "encode_prompt", counting)
+    encoded = count_encoded(monkeypatch, g.pipe)
     s = st(steps=1)
     gen_images(g, ["a cat", "a cat", "a dog", "a cat"], [1, 2, 3, 4], s)
     gen_images(g, ["a dog", "a cat"], [5, 6], s)
@@ -165,14 +130,15 @@ def test_check_config_rejects_what_sd3_cannot_use(tiny):
     cfg = tiny[1]
     StableDiffusion3.check_config(cfg)
     StableDiffusion3.check_config(dataclasses.replace(cfg, scheduler=("", "FlowMatchHeunDiscreteScheduler")))
-    for change, key in (
-        (dict(scheduler="DDIMScheduler"), "scheduler"),
-        (dict(size=((64, 64), (64, 40))), "size"),
-        (dict(pipeline="StableDiffusionPipeline"), "pipeline"),
-    ):
-        with pytest.raises(Invalid) as e:
-            StableDiffusion3.check_config(dataclasses.replace(cfg, **change))
-        assert e.value.key == key
+    check_rejects(
+        StableDiffusion3,
+        cfg,
+        (
+            (dict(scheduler="DDIMScheduler"), "scheduler"),
+            (dict(size=((64, 64), (64, 40))), "size"),
+            (dict(pipeline="StableDiffusionPipeline"), "pipeline"),
+        ),
+    )
 
 
 def test_unknown_scheduler_and_bad_devices_are_clear_errors(gen, tiny):
@@ -182,11 +148,5 @@ def test_unknown_scheduler_and_bad_devices_are_clear_errors(gen, tiny):
     assert e.value.key == "scheduler"
     with pytest.raises(ValueError, match="scheduler.*NoSuchScheduler"):
         gen_images(gen, PROMPTS[:1], SEEDS[:1], st(scheduler="NoSuchScheduler"))
-    with pytest.raises(ValueError, match='use dtype = "float32" on CPU'):
-        StableDiffusion3(dataclasses.replace(cfg, dtype="bfloat16")).load("cpu")
-    with pytest.raises(ValueError, match="auto"):
-        StableDiffusion3(cfg).load("auto")
-    with pytest.raises(RuntimeError, match="load"):
-        gen_images(StableDiffusion3(cfg), PROMPTS[:1], SEEDS[:1])
-    copy = pickle.loads(pickle.dumps(gen))
-    assert copy.config == gen.config and copy.pipe is None
+    check_load_errors(StableDiffusion3, cfg, "bfloat16", BASE)
+    check_pickles_unloaded(gen)
