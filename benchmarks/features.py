@@ -233,7 +233,7 @@ def build(name: str, folder: Path, size: str):
     cls = get(name)
     if size == "tiny":
         return cls.tiny(folder)
-    from real_models import REAL  # benchmarks/real_models.py
+    from _real_models import REAL  # benchmarks/_real_models.py (a helper, not a benchmark)
 
     return dataclasses.replace(cls.Config(), model=str(REAL[name](folder)))
 

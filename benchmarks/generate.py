@@ -152,7 +152,7 @@ def sd15_sized(folder: Path) -> Path:
     from transformers import CLIPTextModel, CLIPTokenizer
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from real_models import sd15  # benchmarks/real_models.py
+    from _real_models import sd15  # benchmarks/_real_models.py (a helper, not a benchmark)
 
     parts = sd15(folder / "parts")
     StableDiffusionPipeline(

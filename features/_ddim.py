@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -98,3 +98,18 @@ def load_pixel_unet(
               f"the scheduler must predict epsilon, got {sched.config.prediction_type!r}")
         abar = list(abar_table(sched.alphas_cumprod))
     return unet, abar
+
+
+def check_map_config(cfg: Any) -> None:
+    """The keys DNF and DIRE share: the UNet folder layout, the map's encoding and size."""
+    from aigi.core.configtools import check
+
+    check(cfg.layout in ("root", "pipeline"), "layout", f"must be root or pipeline, got {cfg.layout!r}")
+    check(cfg.encoding in ("faithful", "clean"), "encoding", f"must be faithful or clean, got {cfg.encoding!r}")
+    check(cfg.img_size > 0, "img_size", f"must be > 0, got {cfg.img_size}")
+
+
+def map_columns(column: str, cfg: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """A (3, img_size, img_size) map: uint8 as released ("faithful"), else the storage dtype."""
+    dtype = "uint8" if cfg.encoding == "faithful" else cfg.storage_dtype
+    return {column: ((3, cfg.img_size, cfg.img_size), dtype)}

@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from aigi.core.configtools import Invalid, check
+from aigi.features._ddim import check_map_config, map_columns
 from aigi.features.base import (
     FeatureExtractor,
     check_batch,
@@ -90,11 +91,9 @@ class DireConfig:
 
     def __post_init__(self) -> None:
         check_common(self)
-        check(self.layout in ("root", "pipeline"), "layout", f"must be root or pipeline, got {self.layout!r}")
+        check_map_config(self)
         check(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
         check(isinstance(self.clip_denoised, bool), "clip_denoised", f"must be true or false, got {self.clip_denoised!r}")
-        check(self.encoding in ("faithful", "clean"), "encoding", f"must be faithful or clean, got {self.encoding!r}")
-        check(self.img_size > 0, "img_size", f"must be > 0, got {self.img_size}")
 
 
 class Dire(FeatureExtractor):
@@ -108,9 +107,7 @@ class Dire(FeatureExtractor):
         self._revision = ""
 
     def columns(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        cfg = self.config
-        dtype = "uint8" if cfg.encoding == "faithful" else cfg.storage_dtype
-        return {"dire": ((3, cfg.img_size, cfg.img_size), dtype)}
+        return map_columns("dire", self.config)
 
     def preprocessing(self) -> dict[str, Any]:
         s = self.config.img_size

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from aigi.core.configtools import check
+from aigi.features._ddim import check_map_config, map_columns
 from aigi.features.base import (
     FeatureExtractor,
     check_batch,
@@ -71,11 +72,9 @@ class DnfConfig:
 
     def __post_init__(self) -> None:
         check_common(self)
-        check(self.layout in ("root", "pipeline"), "layout", f"must be root or pipeline, got {self.layout!r}")
+        check_map_config(self)
         check(self.mode in ("released", "inversion"), "mode", f"must be released or inversion, got {self.mode!r}")
         check(self.inversion_steps > 0, "inversion_steps", f"must be > 0, got {self.inversion_steps}")
-        check(self.encoding in ("faithful", "clean"), "encoding", f"must be faithful or clean, got {self.encoding!r}")
-        check(self.img_size > 0, "img_size", f"must be > 0, got {self.img_size}")
 
 
 class Dnf(FeatureExtractor):
@@ -89,9 +88,7 @@ class Dnf(FeatureExtractor):
         self._revision = ""
 
     def columns(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        cfg = self.config
-        dtype = "uint8" if cfg.encoding == "faithful" else cfg.storage_dtype
-        return {"dnf": ((3, cfg.img_size, cfg.img_size), dtype)}
+        return map_columns("dnf", self.config)
 
     def preprocessing(self) -> dict[str, Any]:
         s = self.config.img_size

@@ -1,4 +1,4 @@
-"""Tiny T5 text encoders built offline, for the tiny PixArt and Flux pipelines.
+"""Tiny T5 text encoders built offline, for the tiny SD3, PixArt and Flux pipelines.
 
 The tokenizer is a Unigram model (T5's kind) trained with the `tokenizers` library on a few
 hundred short prompts written here, wrapped as a `T5TokenizerFast` and saved with

@@ -5,8 +5,8 @@ SDXL has two CLIP text encoders (the second with a projection, whose pooled outp
 UNet's "text_time" added embedding) and a 4-down-block VAE (×8 latents, 4 channels); SD3 has
 two projected CLIP encoders, a T5 encoder, an MMDiT transformer with patch size 2 and
 a 16-channel VAE with a shift factor, as SD 3 / 3.5 do. Tokenizers are built offline: CLIP's as
-a hand-written byte-level BPE (`aigi.generators.tiny.build_clip_tokenizer`), T5's as a Unigram
-model trained with `tokenizers` on a few sentences (design.md §6). Smoke-test data, not science.
+a hand-written byte-level BPE (`aigi.generators.tiny.build_clip_tokenizer`), T5's from `aigi.generators._t5`
+(a Unigram model trained with `tokenizers`, design.md §6). Smoke-test data, not science.
 """
 
 from __future__ import annotations
@@ -15,16 +15,8 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+from aigi.generators._t5 import build_t5_tokenizer, tiny_t5_encoder
 from aigi.generators.tiny import TOKENIZER_MAX_LENGTH, build_clip_tokenizer
-
-#: The sentences the tiny T5 Unigram vocabulary is trained on.
-T5_CORPUS = (
-    "a photo of a cat sitting on the grass",
-    "a painting of a squirrel eating a burger",
-    "an astronaut riding a horse on the moon, highly detailed",
-    "a red car parked in front of an old house at night",
-    "blurry, low quality, deformed, watermark, text",
-)
 
 
 def _clip_text_config(tokenizer: Any, hidden: int, projection: int) -> Any:
@@ -134,33 +126,6 @@ def tiny_sdxl(
     return folder
 
 
-def build_t5_tokenizer(folder: str | Path, vocab_size: int = 200) -> Path:
-    """Train a tiny T5-style Unigram tokenizer on `T5_CORPUS`, save it as a fast T5 tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from tokenizers.processors import TemplateProcessing
-    from transformers import T5TokenizerFast
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
-    )
-    tok.train_from_iterator(T5_CORPUS, trainer=trainer)
-    # T5 appends </s> to every sequence and adds no start token.
-    tok.post_processor = TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
-    )
-    fast = T5TokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0
-    )
-    fast.save_pretrained(folder)
-    return folder
-
-
 def tiny_sd3(
     folder: str | Path,
     *,
@@ -186,8 +151,6 @@ def tiny_sd3(
     from transformers import (
         CLIPTextModelWithProjection,
         CLIPTokenizer,
-        T5Config,
-        T5EncoderModel,
         T5TokenizerFast,
     )
 
@@ -199,21 +162,7 @@ def tiny_sd3(
     text_encoder = CLIPTextModelWithProjection(_clip_text_config(tokenizer, 16, 16)).eval()
     text_encoder_2 = CLIPTextModelWithProjection(_clip_text_config(tokenizer_2, 32, 32)).eval()
     tokenizer_3 = T5TokenizerFast.from_pretrained(build_t5_tokenizer(folder / "tokenizer_3"))
-    text_encoder_3 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer_3),
-            d_model=joint_dim,
-            d_kv=16,
-            d_ff=64,
-            num_layers=1,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            feed_forward_proj="gated-gelu",
-            pad_token_id=tokenizer_3.pad_token_id,
-            eos_token_id=tokenizer_3.eos_token_id,
-            decoder_start_token_id=tokenizer_3.pad_token_id,
-        )
-    ).eval()
+    text_encoder_3 = tiny_t5_encoder(len(tokenizer_3), d_model=joint_dim, num_layers=1, seed=seed)
     transformer = SD3Transformer2DModel(
         sample_size=8,
         patch_size=2,

@@ -1,5 +1,7 @@
 """Released-size architectures with random weights, for throughput at the real cost.
 
+A helper of `features.py --size real` and `generate.py --model sd15-sized`, not a benchmark.
+
 Each builder writes a folder in the layout of the released model's hub repository and returns it;
 the cost per image equals the real weights'. Nothing is downloaded; the tokenizer is the offline
 byte-level BPE of the tiny builders (the text tower's size, not its vocabulary, sets the cost).
