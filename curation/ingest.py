@@ -115,11 +115,30 @@ def _decode_error(relpath: str, exc: Exception) -> BadImage:
 
 def ingest_file(root: Path, relpath: str, source: str, class_from_folder: bool = False) -> dict:
     """One IMAGES row for the file `root/relpath`, with its bytes unchanged; BadImage if unusable."""
+    data = (Path(root) / relpath).read_bytes()
+    parent = PurePosixPath(relpath).parent
+    class_name = parent.name if class_from_folder and str(parent) != "." else None
+    return ingest_bytes(data, relpath, source, class_name=class_name)
+
+
+def ingest_bytes(
+    data: bytes,
+    origin: str,
+    source: str,
+    *,
+    caption: str | None = None,
+    class_name: str | None = None,
+    class_id: int | None = None,
+) -> dict:
+    """One IMAGES row for an encoded image from any real source, its bytes unchanged.
+
+    `origin` names the item in its source (a relative path, a tar member key, a dataset row key);
+    it and the bytes' sha256 make the image_id. BadImage (with a short reason) if unusable.
+    """
     from PIL import Image
 
-    data = (Path(root) / relpath).read_bytes()
     if not data:
-        raise BadImage(relpath, "empty file")
+        raise BadImage(origin, "empty file")
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.verify()
@@ -131,16 +150,15 @@ def ingest_file(root: Path, relpath: str, source: str, class_from_folder: bool =
             fmt = _FORMAT_ALIASES.get(im.format or "", im.format)
             quality = estimate_jpeg_quality(im) if fmt == "JPEG" else None
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...)
-        raise _decode_error(relpath, exc) from exc
+        raise _decode_error(origin, exc) from exc
     if not fmt:
-        raise BadImage(relpath, "cannot decode: unknown format")
+        raise BadImage(origin, "cannot decode: unknown format")
 
     sha = sha256_bytes(data)
-    parent = PurePosixPath(relpath).parent
     row: dict[str, Any] = dict.fromkeys(IMAGES.arrow.names)
     row.update(
-        image_id=content_id("real", source, relpath, sha),
-        image={"bytes": data, "path": relpath},
+        image_id=content_id("real", source, origin, sha),
+        image={"bytes": data, "path": origin},
         label=0,
         source=source,
         sha256=sha,
@@ -148,7 +166,9 @@ def ingest_file(root: Path, relpath: str, source: str, class_from_folder: bool =
         height=height,
         format=fmt,
         jpeg_quality=quality,
-        class_name=parent.name if class_from_folder and str(parent) != "." else None,
-        origin=relpath,
+        prompt=caption,
+        class_id=class_id,
+        class_name=class_name,
+        origin=origin,
     )
     return row
