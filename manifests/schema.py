@@ -52,7 +52,7 @@ def _hf_dtype(t: pa.DataType) -> str:
 
 IMAGES = Schema(
     name="aigi.images",
-    version=2,
+    version=3,
     arrow=pa.schema(
         [
             ("image_id", pa.string()),
@@ -82,6 +82,11 @@ IMAGES = Schema(
             ("safety_checker", pa.bool_()),  # whether a safety checker ran (it can blank images)
             # real images: where the item came from, relative to its source root
             ("origin", pa.string()),
+            # how the stored bytes were decoded to RGB when not plainly (EXIF rotation, 16-bit
+            # scaling, alpha flattening, first of several frames, ...); null when plain
+            ("conversion", pa.string()),
+            # aligned fakes: the image_id of the real image this one was made from
+            ("parent_id", pa.string()),
         ]
     ),
     image_columns=("image",),

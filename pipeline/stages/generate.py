@@ -141,6 +141,8 @@ class GenerateStage(Stage):
             "negative_prompt": (st.negative_prompt or None) if "negative_prompt" in honours else None,
             "safety_checker": bool(prov["safety_checker"]),
             "origin": None,
+            "conversion": None,
+            "parent_id": None,
         }
 
 
