@@ -1,4 +1,4 @@
-"""Leakage-safe train/val/test splits: whole groups (prompt, class or image) go to one split.
+"""Leakage-safe train/val/test splits: whole groups (prompt, class, pair, ...) go to one split.
 
 A group is split as a unit across every source: the same prompt rendered by two generators, or
 the same class seen in real and generated images, lands in one split, so a detector is never
@@ -11,6 +11,15 @@ group when there are enough groups). A group that occurs under several labels (e
 for real and generated images) is decided once, in the cut of the highest label (generated
 first), and left out of the lower labels' cuts; the real-image fractions are then respected on
 the groups that only real images have.
+
+Groups: `prompt`, `class`, `image`; `real` (the real image a row is paired with: a real and its
+fakes), `pair` (the connected component of pair links: with k reals per fake, everything linked).
+Three things can widen a group before the cut:
+- `links` (near-duplicate pairs, when asked to merge): the groups of two linked images become one,
+  so no near-duplicate straddles two splits;
+- `holdout` (generator sources held out of training, e.g. every fine-tune of a family): their
+  images, and every group they touch, go to `test`, so neither the held-out generators nor the
+  prompts, classes or reals they were made from are seen in training.
 """
 
 from __future__ import annotations
@@ -24,18 +33,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aigi.manifests.schema import SPLITS
+from aigi.manifests.schema import SPLIT_AUDIT, SPLITS
 
 SPLIT_NAMES = ("train", "val", "test")
-SPLIT_BY = ("prompt", "class", "image")
+SPLIT_BY = ("prompt", "class", "image", "real", "pair")
 
 # The key a group is named by, in fallback order, with the prefix recorded in `group`.
 _KEYS = {
     "prompt": (("prompt:", "prompt_id"), ("class:", "class_name"), ("image:", "image_id")),
     "class": (("class:", "class_name"), ("prompt:", "prompt_id"), ("image:", "image_id")),
     "image": (("image:", "image_id"),),
+    "real": (("real:", "pair_id"), ("image:", "image_id")),
+    "pair": (("", "pair_group"), ("image:", "image_id")),
 }
 _COLUMNS = ("image_id", "source", "label", "prompt_id", "class_name")
+_PAIR_COLUMNS = {"real": "pair_id", "pair": "pair_group"}
 
 
 def check_fractions(fractions: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -84,17 +96,25 @@ def _group_keys(rows: pa.Table, by: str) -> pa.ChunkedArray:
 
 
 def assign_splits(
-    rows: pa.Table, by: str, fractions: tuple[float, float, float], seed: int
+    rows: pa.Table,
+    by: str,
+    fractions: tuple[float, float, float],
+    seed: int,
+    holdout: frozenset[str] | set[str] = frozenset(),
+    links: list[tuple[str, str]] | None = None,
 ) -> pa.Table:
     """A SPLITS table: one row per input row, in input order, with its group and split.
 
-    `rows` needs columns image_id, source, label, prompt_id, class_name. Same rows and seed give
+    `rows` needs columns image_id, source, label, prompt_id, class_name (and pair_id / pair_group
+    for a split by real / pair). `holdout` names sources whose images (and their groups) go to
+    test; `links` are (image_id, image_id) pairs whose groups are merged. Same rows and seed give
     the same splits whatever the row order.
     """
     if by not in SPLIT_BY:
         raise ValueError(f"split by: expected one of {SPLIT_BY}, got {by!r}")
     fractions = check_fractions(fractions)
-    missing = [c for c in _COLUMNS if c not in rows.column_names]
+    need = [*_COLUMNS, *([_PAIR_COLUMNS[by]] if by in _PAIR_COLUMNS else [])]
+    missing = [c for c in need if c not in rows.column_names]
     if missing:
         raise ValueError(f"assign_splits: input lacks column(s) {missing}")
     for col in ("image_id", "label"):
@@ -105,13 +125,19 @@ def assign_splits(
         return SPLITS.arrow.empty_table()
 
     groups = _group_keys(rows, by)
+    if links:
+        groups = _merge_groups(rows.column("image_id"), groups, links)
     labels = rows.column("label")
-    decided: list[str] = []
-    decided_split: list[int] = []
+    forced: list[str] = []
+    if holdout:
+        held = pc.is_in(rows.column("source"), value_set=pa.array(sorted(holdout), pa.string()))
+        forced = sorted(pc.unique(pc.filter(groups, held)).to_pylist())
+    decided: list[str] = list(forced)
+    decided_split: list[int] = [SPLIT_NAMES.index("test")] * len(forced)
     for label in sorted(pc.unique(labels).to_pylist(), reverse=True):
         mine = pc.unique(pc.filter(groups, pc.equal(labels, label)))
         if decided:
-            mine = pc.filter(mine, pc.invert(pc.is_in(mine, value_set=pa.array(decided))))
+            mine = pc.filter(mine, pc.invert(pc.is_in(mine, value_set=pa.array(decided, pa.string()))))
         ordered = sorted(mine.to_pylist(), key=lambda g: (_order_key(seed, g), g))
         counts = split_counts(len(ordered), fractions)
         decided.extend(ordered)
@@ -131,3 +157,39 @@ def assign_splits(
         ],
         schema=SPLITS.arrow,
     )
+
+
+def _merge_groups(ids: pa.ChunkedArray, groups: pa.ChunkedArray, links: list[tuple[str, str]]) -> pa.ChunkedArray:
+    """Groups joined through `links`; a merged group is named by its smallest member group."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    names = pc.unique(groups).to_pylist()
+    index = {g: i for i, g in enumerate(names)}
+    of_image = dict(zip(ids.to_pylist(), groups.to_pylist(), strict=True))
+    pairs = [(index[of_image[a]], index[of_image[b]]) for a, b in links if a in of_image and b in of_image]
+    if not pairs:
+        return groups
+    a, b = zip(*pairs, strict=True)
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(names), len(names)))
+    _, comp = connected_components(graph, directed=False)
+    smallest: dict[int, str] = {}
+    for g in sorted(names):
+        smallest.setdefault(int(comp[index[g]]), g)
+    renamed = np.array([smallest[int(comp[index[g]])] for g in names], dtype=object)
+    where = pc.index_in(groups, value_set=pa.array(names, pa.string())).to_numpy(zero_copy_only=False)
+    return pa.chunked_array([pa.array(renamed[where], pa.string())])
+
+
+def straddling(splits: pa.Table, pairs: pa.Table) -> pa.Table:
+    """SPLIT_AUDIT rows for near-duplicate `pairs` (image_id_a, image_id_b, distance) whose two
+    images both have a split; `straddles` marks the pairs split across train/val/test."""
+    split_of = dict(zip(splits.column("image_id").to_pylist(), splits.column("split").to_pylist(), strict=True))
+    out: dict[str, list] = {f.name: [] for f in SPLIT_AUDIT.arrow}
+    for a, b, d in zip(*(pairs.column(c).to_pylist() for c in ("image_id_a", "image_id_b", "distance")), strict=True):
+        if a in split_of and b in split_of:
+            for key, value in zip(
+                SPLIT_AUDIT.arrow.names, (a, b, d, split_of[a], split_of[b], split_of[a] != split_of[b]), strict=True
+            ):
+                out[key].append(value)
+    return pa.table(out, schema=SPLIT_AUDIT.arrow)

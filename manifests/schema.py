@@ -151,6 +151,36 @@ SPLITS = Schema(
     ),
 )
 
+PAIRS = Schema(
+    name="aigi.pairs",
+    version=1,
+    arrow=pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("label", pa.int8()),
+            ("pair_by", pa.string()),  # parent, caption or class; null when unpaired
+            ("pair_id", pa.string()),  # a fake's (first) real; a linked real's own id
+            ("reals", pa.list_(pa.string())),  # every real a fake is paired with
+            ("pair_group", pa.string()),  # connected component of the links
+        ]
+    ),
+)
+
+SPLIT_AUDIT = Schema(
+    name="aigi.split_audit",
+    version=1,
+    arrow=pa.schema(
+        [
+            ("image_id_a", pa.string()),
+            ("image_id_b", pa.string()),
+            ("distance", pa.int16()),  # pHash Hamming distance
+            ("split_a", pa.string()),
+            ("split_b", pa.string()),
+            ("straddles", pa.bool_()),
+        ]
+    ),
+)
+
 QUARANTINE = Schema(
     name="aigi.quarantine",
     version=1,
@@ -237,5 +267,5 @@ def feature_schema(extractor: str, version: int, columns: dict[str, tuple[tuple[
 
 
 REGISTRY: dict[str, Schema] = {
-    s.name: s for s in (IMAGES, PROMPTS, HASHES, DUPLICATES, SPLITS, QUARANTINE, PREDICTIONS, METRICS, ANOMALY_SCORES)
+    s.name: s for s in (IMAGES, PROMPTS, HASHES, DUPLICATES, PAIRS, SPLITS, SPLIT_AUDIT, QUARANTINE, PREDICTIONS, METRICS, ANOMALY_SCORES)
 }
