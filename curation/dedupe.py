@@ -1,69 +1,44 @@
-"""Exact duplicates: images whose decoded pixels are identical (same `pixel_sha256`).
+"""Duplicates against an existing corpus (the incremental mode of near-duplicate search).
 
-Score, then decide: this only annotates. Every input row gets a DUPLICATES row; the rows not kept
-say which image they duplicate. Nothing is deleted.
+Within a run, `aigi.curation.neardup.near_duplicates` groups exact and near duplicates. This
+module adds what a growing corpus needs: new images checked against the hashes of runs already
+built, through an index of those runs, without searching them again.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from aigi.manifests.schema import DUPLICATES
-
-DROP_PREFIX = "exact_duplicate_of:"
-GROUP_CHARS = 16
+REFERENCE_PREFIX = "near_duplicate_of_reference:"
 
 
-def exact_duplicates(hashes: pa.Table) -> pa.Table:
-    """Group a HASHES table by pixel_sha256 and keep one image per group (DUPLICATES schema).
+def against_reference(dups: pa.Table, hashes: pa.Table, reference: pa.Table, radius: int) -> pa.Table:
+    """The incremental mode: `dups` (DUPLICATES for `hashes`) updated with matches in an existing
+    corpus's HASHES `reference`, searched through an index of the reference only.
 
-    The kept image is chosen from the data alone: a real image (label 0) before a generated one,
-    then the smallest image_id, so the choice does not depend on row order or sharding. A real
-    photo that a generator reproduced exactly stays a real photo. Output rows are in input order.
+    A kept image within `radius` of a reference image of the same label is dropped with
+    `near_duplicate_of_reference:<id> (phash hamming d)`; a generated image near a reference real
+    gets it as `nearest_real` when that is nearer than what it had. Rows stay in input order.
     """
-    for col in ("image_id", "label", "pixel_sha256"):
-        if col not in hashes.column_names:
-            raise ValueError(f"exact_duplicates: input lacks column {col!r}")
-        if hashes.column(col).null_count:
-            raise ValueError(f"exact_duplicates: column {col!r} has null values")
-    n = hashes.num_rows
-    if pc.count_distinct(hashes.column("image_id")).as_py() != n:
-        raise ValueError("exact_duplicates: image_id values are not unique")
-    if n == 0:
-        return DUPLICATES.arrow.empty_table()
+    from aigi.curation.neardup import HashIndex
 
-    t = hashes.select(["image_id", "label", "pixel_sha256"]).combine_chunks()
-    order = pc.sort_indices(
-        t,
-        sort_keys=[("pixel_sha256", "ascending"), ("label", "ascending"), ("image_id", "ascending")],
-    )
-    pix = t.column("pixel_sha256").take(order).combine_chunks()
-    ids = t.column("image_id").take(order).combine_chunks()
-
-    # On sorted values, dictionary codes are non-decreasing run ids: one int per group, no loops.
-    codes = pix.dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-    sizes = np.bincount(codes)
-    keep = np.zeros(n, dtype=bool)
-    keep[starts] = True
-
-    kept_id = ids.take(pa.array(starts[codes]))
-    reason = pc.binary_join_element_wise(DROP_PREFIX, kept_id, "")
-    reason = pc.if_else(pa.array(keep), pa.nulls(n, pa.string()), reason)
-
-    sorted_out = pa.Table.from_arrays(
-        [
-            ids,
-            pc.utf8_slice_codeunits(pix, 0, GROUP_CHARS),
-            pa.array(sizes[codes].astype(np.int32)),
-            pa.array(keep),
-            reason,
-        ],
-        schema=DUPLICATES.arrow,
-    )
-    # Undo the sort so row i of the output describes row i of the input.
-    inverse = np.empty(n, dtype=np.int64)
-    inverse[order.to_numpy()] = np.arange(n)
-    return sorted_out.take(pa.array(inverse))
+    if dups.column("image_id").to_pylist() != hashes.column("image_id").to_pylist():
+        raise ValueError("against_reference: dups and hashes must describe the same rows in the same order")
+    index = HashIndex(reference.column("phash").to_numpy(zero_copy_only=False), radius,
+                      expected_queries=hashes.num_rows)
+    qi, j, d = index.query(hashes.column("phash").to_numpy(zero_copy_only=False))
+    ref_ids = reference.column("image_id").to_pylist()
+    ref_labels = reference.column("label").to_pylist()
+    labels = hashes.column("label").to_pylist()
+    rows = dups.to_pylist()
+    # nearest first, then smaller id: the reported match does not depend on the index's order
+    for q, r, dist in sorted(zip(qi.tolist(), j.tolist(), d.tolist(), strict=True), key=lambda t: (t[0], t[2], ref_ids[t[1]])):
+        row = rows[q]
+        if ref_labels[r] == labels[q]:
+            if row["keep"]:
+                row["keep"] = False
+                row["drop_reason"] = f"{REFERENCE_PREFIX}{ref_ids[r]} (phash hamming {dist})"
+        elif labels[q] == 1 and ref_labels[r] == 0:
+            if row["nearest_real"] is None or dist < row["nearest_real_distance"]:
+                row["nearest_real"], row["nearest_real_distance"] = ref_ids[r], dist
+    return pa.Table.from_pylist(rows, schema=dups.schema)

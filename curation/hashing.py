@@ -2,16 +2,18 @@
 
 `sha256` names the stored file; `pixel_sha256` names the picture, so a PNG and a lossless WEBP of
 the same pixels are recognized as exact duplicates; `phash`/`dhash` feed near-duplicate search.
+Pixels come from `aigi.manifests.imagebytes.decode`, the decoder the feature stage uses: a photo
+and its copy with the rotation baked in (instead of an EXIF tag) hash alike, as they look alike.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 
 import pyarrow as pa
 
 from aigi.manifests.ids import sha256_bytes
+from aigi.manifests.imagebytes import decode
 from aigi.manifests.schema import HASHES
 
 _HASH_BITS = 64
@@ -25,12 +27,13 @@ def _to_uint64(h: object) -> int:
 
 
 def hash_image(data: bytes) -> dict:
-    """sha256 of the bytes, sha256 of the decoded RGB pixels (with their shape), pHash, dHash."""
-    import imagehash
-    from PIL import Image
+    """sha256 of the bytes, sha256 of the decoded RGB pixels (with their shape), pHash, dHash.
 
-    with Image.open(io.BytesIO(data)) as im:
-        rgb = im.convert("RGB")
+    BadImage (a ValueError) if the bytes do not decode.
+    """
+    import imagehash
+
+    rgb = decode(data).rgb
     # The shape goes into the digest so the same byte run in two shapes cannot collide.
     pixels = hashlib.sha256(f"{rgb.height}x{rgb.width}x3:".encode())
     pixels.update(rgb.tobytes())

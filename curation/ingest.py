@@ -1,24 +1,41 @@
-"""The "imagefolder" real source: list image files under a folder and turn each into an IMAGES row.
+"""The "imagefolder" real source: list the files under a folder and turn each image into an
+IMAGES row; `ingest_bytes` does the same for an encoded image from any real source.
 
 The original bytes are stored unchanged (no re-encoding): the stored codec and its quality are
 exactly what a detector would otherwise learn as a shortcut, so they are recorded, not hidden.
+Decoding goes through `aigi.manifests.imagebytes.decode`, the decoder hashes and features use, so
+the row's width/height and `conversion` describe the picture every later stage sees. Nothing under
+the root is lost: `list_files` names each non-hidden file that is not an image candidate with a
+reason, and `ingest_file` raises BadImage with a reason for each candidate it cannot use.
 """
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from aigi.manifests.ids import content_id, sha256_bytes
+from aigi.manifests.imagebytes import DEFAULT_MAX_PIXELS, BadImage, decode
 from aigi.manifests.schema import IMAGES
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+__all__ = [
+    "IMAGE_EXTENSIONS", "BadImage", "estimate_jpeg_quality", "folder_class", "ingest_bytes",
+    "ingest_file", "list_files", "list_images",
+]  # fmt: skip
 
-# Pillow opens many camera JPEGs (those with an embedded preview) as "MPO"; the stored codec is
-# still baseline JPEG, and the format column must not split one codec into two values.
-_FORMAT_ALIASES = {"MPO": "JPEG"}
+# What decode() accepts (manifests.imagebytes.DECODABLE_FORMATS), by the usual file names. The
+# content, not the name, decides the format: a PNG named .jpg is ingested as PNG.
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif", ".tif", ".tiff", ".bmp",
+    ".dib", ".ppm", ".pgm", ".pbm", ".pnm", ".avif", ".jp2", ".j2k", ".jpf", ".jpx",
+)  # fmt: skip
+
+# Images in formats decode() does not take: named as such, not as "not an image".
+_OTHER_IMAGE_EXTENSIONS = (
+    ".heic", ".heif", ".jxl", ".svg", ".psd", ".ico", ".tga", ".eps", ".exr", ".hdr", ".dng",
+    ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf", ".raw",
+)  # fmt: skip
 
 # IJG (libjpeg) standard luminance quantization table, natural (row-major) order.
 _STD_LUMINANCE = (
@@ -33,32 +50,73 @@ _STD_LUMINANCE = (
 )  # fmt: skip
 
 
-class BadImage(ValueError):
-    """A file that cannot be used as an image; `reason` is short enough for a quarantine row."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
-
-
 def list_images(root: Path, recursive: bool = True) -> list[str]:
     """Relative posix paths of the image files under `root`, sorted; hidden files/dirs skipped."""
+    return list_files(root, recursive)[0]
+
+
+def list_files(root: Path, recursive: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
+    """(images, skipped) under `root`, each sorted by relative posix path.
+
+    `images` are the candidates by extension (case-insensitive); `skipped` holds (relpath, reason)
+    for every other non-hidden entry, so a caller can quarantine it: other files, entries that are
+    not regular files, and (non-recursive) the subfolders not searched. Hidden names (".x") are
+    left out, with everything under them.
+    """
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"image folder not found: {root}")
     if not root.is_dir():
         raise NotADirectoryError(f"image folder is not a directory: {root}")
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        # Pruning in place stops os.walk from descending into hidden (or, non-recursive, any) dirs.
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")] if recursive else []
-        rel_dir = Path(dirpath).relative_to(root)
-        for name in filenames:
-            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
-                continue
-            found.append((rel_dir / name).as_posix())
-    return sorted(found)
+    images: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        with os.scandir(root / rel_dir) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                rel = _posix(rel_dir, entry.name)
+                if entry.is_dir(follow_symlinks=False):
+                    if recursive:
+                        stack.append(rel)
+                    else:
+                        skipped.append((rel + "/", "folder not searched (recursive=false)"))
+                    continue
+                reason = _skip_reason(entry, rel)
+                if reason is None:
+                    images.append(rel)
+                else:
+                    skipped.append((_printable(rel), reason))
+    return sorted(images), sorted(skipped)
+
+
+def _posix(rel_dir: str, name: str) -> str:
+    return f"{rel_dir}/{name}" if rel_dir else name
+
+
+def _printable(rel: str) -> str:
+    """A name that is not valid UTF-8 (kept by Python as surrogates) in a form Arrow can store."""
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _skip_reason(entry: os.DirEntry, rel: str) -> str | None:
+    """None for an image candidate, else why the entry is not one."""
+    if entry.is_symlink() and not os.path.exists(entry.path):
+        return "unreadable: broken symbolic link"
+    if entry.is_dir():
+        return "symbolic link to a folder (not followed)"
+    if not entry.is_file():
+        return "not a regular file"
+    if _printable(rel) != rel:
+        return "file name is not valid UTF-8"
+    ext = os.path.splitext(entry.name)[1].lower()
+    if ext in IMAGE_EXTENSIONS:
+        return None
+    if ext in _OTHER_IMAGE_EXTENSIONS:
+        return f"unsupported image format ({ext})"
+    return f"not an image file ({ext or 'no extension'})"
 
 
 def _scaled_table(quality: int) -> list[int]:
@@ -82,6 +140,8 @@ _TABLES_ZIGZAG = {q: [t[i] for i in _ZIGZAG] for q, t in _TABLES_NATURAL.items()
 def estimate_jpeg_quality(img: Any) -> int | None:
     """The IJG quality (1..100) whose luminance table is closest to the image's, or None.
 
+    `img` is anything with Pillow's `quantization` attribute: a JPEG image or a `Decoded`.
+
     Pillow 13 returns the tables in natural order, older releases in zigzag order; both orders of
     every candidate are compared, so the estimate does not depend on the Pillow version. Tables
     from non-IJG encoders get the nearest IJG quality (an estimate, not a recovery).
@@ -102,23 +162,39 @@ def estimate_jpeg_quality(img: Any) -> int | None:
     return best_q
 
 
-def _decode_error(relpath: str, exc: Exception) -> BadImage:
-    from PIL import UnidentifiedImageError
+def ingest_file(
+    root: Path,
+    relpath: str,
+    source: str,
+    class_from_folder: bool = False,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> dict:
+    """One IMAGES row for the file `root/relpath`, with its bytes unchanged; BadImage if unusable.
 
-    if isinstance(exc, UnidentifiedImageError):
-        return BadImage(relpath, "cannot decode: not a recognized image format")
-    msg = str(exc) or type(exc).__name__
-    if "truncat" in msg.lower():
-        return BadImage(relpath, "truncated")
-    return BadImage(relpath, f"cannot decode: {msg}")
+    With `class_from_folder`, the parent folder names the class (see `folder_class`).
+    """
+    try:
+        data = (Path(root) / relpath).read_bytes()
+    except OSError as exc:  # vanished, permissions, a folder named like an image, ...
+        raise BadImage(relpath, f"unreadable: {exc.strerror or exc}") from exc
+    class_name, class_id = folder_class(relpath) if class_from_folder else (None, None)
+    return ingest_bytes(
+        data, relpath, source, class_name=class_name, class_id=class_id, max_pixels=max_pixels
+    )
 
 
-def ingest_file(root: Path, relpath: str, source: str, class_from_folder: bool = False) -> dict:
-    """One IMAGES row for the file `root/relpath`, with its bytes unchanged; BadImage if unusable."""
-    data = (Path(root) / relpath).read_bytes()
+def folder_class(relpath: str) -> tuple[str | None, int | None]:
+    """(class_name, class_id) named by the parent folder of `relpath`: an ImageNet-1k synset
+    ("n01440764/x.jpg" -> ("tench", 0)) or class name gets its id; another name is kept with no
+    id; a file at the root has no class."""
     parent = PurePosixPath(relpath).parent
-    class_name = parent.name if class_from_folder and str(parent) != "." else None
-    return ingest_bytes(data, relpath, source, class_name=class_name)
+    if str(parent) == ".":
+        return None, None
+    from aigi.prompts.classes import lookup_class
+
+    found = lookup_class(parent.name)
+    return (found[1], found[0]) if found else (parent.name, None)
 
 
 def ingest_bytes(
@@ -129,31 +205,16 @@ def ingest_bytes(
     caption: str | None = None,
     class_name: str | None = None,
     class_id: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> dict:
     """One IMAGES row for an encoded image from any real source, its bytes unchanged.
 
     `origin` names the item in its source (a relative path, a tar member key, a dataset row key);
-    it and the bytes' sha256 make the image_id. BadImage (with a short reason) if unusable.
+    it and the bytes' sha256 make the image_id. width/height are those of the decoded picture
+    (after EXIF rotation), `conversion` how it was decoded when not plainly. BadImage (with a
+    short reason) if unusable.
     """
-    from PIL import Image
-
-    if not data:
-        raise BadImage(origin, "empty file")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.verify()
-        # verify() checks structure only and leaves the image unusable; a second open + load()
-        # decodes every pixel and catches truncation that verify() lets through (e.g. JPEG).
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            width, height = im.size
-            fmt = _FORMAT_ALIASES.get(im.format or "", im.format)
-            quality = estimate_jpeg_quality(im) if fmt == "JPEG" else None
-    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...)
-        raise _decode_error(origin, exc) from exc
-    if not fmt:
-        raise BadImage(origin, "cannot decode: unknown format")
-
+    decoded = decode(data, max_pixels, origin=origin)
     sha = sha256_bytes(data)
     row: dict[str, Any] = dict.fromkeys(IMAGES.arrow.names)
     row.update(
@@ -162,13 +223,14 @@ def ingest_bytes(
         label=0,
         source=source,
         sha256=sha,
-        width=width,
-        height=height,
-        format=fmt,
-        jpeg_quality=quality,
+        width=decoded.width,
+        height=decoded.height,
+        format=decoded.format,
+        jpeg_quality=estimate_jpeg_quality(decoded) if decoded.format == "JPEG" else None,
         prompt=caption,
         class_id=class_id,
         class_name=class_name,
         origin=origin,
+        conversion=decoded.conversion,
     )
     return row

@@ -125,28 +125,117 @@ HASHES = Schema(
 
 DUPLICATES = Schema(
     name="aigi.duplicates",
-    version=1,
+    version=2,
     arrow=pa.schema(
         [
             ("image_id", pa.string()),
-            ("dup_group", pa.string()),
+            ("dup_group", pa.string()),  # image_id of the group's centre (or representative)
             ("group_size", pa.int32()),
             ("keep", pa.bool_()),
             ("drop_reason", pa.string()),
+            ("nearest_real", pa.string()),  # generated rows: nearest real image within the radius
+            ("nearest_real_distance", pa.int16()),
         ]
     ),
 )
 
-SPLITS = Schema(
-    name="aigi.splits",
+NEAR_PAIRS = Schema(
+    name="aigi.near_pairs",
+    version=1,
+    arrow=pa.schema(
+        [("image_id_a", pa.string()), ("image_id_b", pa.string()), ("distance", pa.int16())]
+    ),
+)
+
+MEASURES = Schema(
+    name="aigi.measures",
     version=1,
     arrow=pa.schema(
         [
             ("image_id", pa.string()),
             ("source", pa.string()),
             ("label", pa.int8()),
-            ("group", pa.string()),
-            ("split", pa.string()),
+            ("format", pa.string()),
+            ("jpeg_quality", pa.int16()),
+            ("subsampling", pa.string()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("aspect", pa.float32()),  # width / height
+            ("n_bytes", pa.int64()),
+            ("bits_per_pixel", pa.float32()),
+            ("has_exif", pa.bool_()),
+            ("has_icc", pa.bool_()),
+            ("hf_energy", pa.float32()),  # share of block-DCT AC energy at u + v >= 8
+        ]
+    ),
+)
+
+NORMALIZE_PLAN = Schema(
+    name="aigi.normalize_plan",
+    version=1,
+    arrow=pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("policy", pa.string()),
+            ("encode", pa.bool_()),  # false: the bytes are kept as they are
+            ("from_format", pa.string()),
+            ("to_format", pa.string()),
+            ("quality", pa.int16()),
+            ("subsampling", pa.string()),
+            ("encoded_like", pa.string()),  # the real whose encoding is copied
+            ("width", pa.int32()),  # as decoded, before resize or crop
+            ("height", pa.int32()),
+            ("short_side", pa.int32()),
+            ("crop", pa.string()),
+            ("crop_size", pa.int32()),
+        ]
+    ),
+)
+
+NORMALIZED = Schema(
+    name="aigi.normalized",
+    version=1,
+    arrow=pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("policy", pa.string()),
+            ("from_format", pa.string()),
+            ("to_format", pa.string()),
+            ("quality", pa.int16()),
+            ("subsampling", pa.string()),
+            ("resized", pa.bool_()),
+            ("crop_box", pa.string()),  # "l,t,r,b" in the (resized) image; null when not cropped
+            ("original_sha256", pa.string()),
+            ("sha256", pa.string()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("encoded_like", pa.string()),  # image_id of the real whose encoding was copied
+            ("seed", pa.int64()),
+        ]
+    ),
+)
+
+BIAS_AUDIT = Schema(
+    name="aigi.bias_audit",
+    version=1,
+    arrow=pa.schema(
+        [
+            ("when", pa.string()),  # e.g. "before", "after"
+            ("source", pa.string()),  # null on the classifier row over all sources
+            ("label", pa.int8()),
+            ("property", pa.string()),
+            ("kind", pa.string()),  # numeric, categorical, classifier
+            ("n", pa.int64()),  # non-null values (property rows); images (classifier rows)
+            ("mean", pa.float64()),
+            ("p05", pa.float64()),
+            ("p50", pa.float64()),
+            ("p95", pa.float64()),
+            ("value_counts", pa.string()),  # JSON {value: count}; null is "null"
+            ("ks_stat", pa.float64()),
+            ("ks_pvalue", pa.float64()),
+            ("tv_distance", pa.float64()),
+            ("chi2_pvalue", pa.float64()),
+            ("auc", pa.float64()),
         ]
     ),
 )
@@ -162,6 +251,20 @@ PAIRS = Schema(
             ("pair_id", pa.string()),  # a fake's (first) real; a linked real's own id
             ("reals", pa.list_(pa.string())),  # every real a fake is paired with
             ("pair_group", pa.string()),  # connected component of the links
+        ]
+    ),
+)
+
+SPLITS = Schema(
+    name="aigi.splits",
+    version=1,
+    arrow=pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("source", pa.string()),
+            ("label", pa.int8()),
+            ("group", pa.string()),
+            ("split", pa.string()),
         ]
     ),
 )
@@ -267,5 +370,5 @@ def feature_schema(extractor: str, version: int, columns: dict[str, tuple[tuple[
 
 
 REGISTRY: dict[str, Schema] = {
-    s.name: s for s in (IMAGES, PROMPTS, HASHES, DUPLICATES, PAIRS, SPLITS, SPLIT_AUDIT, QUARANTINE, PREDICTIONS, METRICS, ANOMALY_SCORES)
+    s.name: s for s in (IMAGES, PROMPTS, HASHES, DUPLICATES, NEAR_PAIRS, MEASURES, NORMALIZE_PLAN, NORMALIZED, BIAS_AUDIT, PAIRS, SPLITS, SPLIT_AUDIT, QUARANTINE, PREDICTIONS, METRICS, ANOMALY_SCORES)
 }

@@ -94,16 +94,24 @@ def _cmd_status(args: argparse.Namespace) -> int:
     root = Path(args.run)
     if not (root / "run.json").exists():
         raise FileNotFoundError(f"{root} is not an aigi run directory (no run.json)")
+    from aigi.pipeline.quarantine import quarantine_counts
+
     rows = stage_status(root / "logs")
     if not rows:
         print(f"{root}: no stage planned yet")
         return 0
+    bad = quarantine_counts(root)
     width = max(len(r["stage"]) for r in rows)
     print(f"{'stage':<{width}}  units done  {'items done':>16}")
     for r in rows:
         state = "done" if r["done"] == r["total"] else "incomplete"
         items = f"{r['items_done']}/{r['items_total']} {r['item_name']}" if r["items_total"] else ""
-        print(f"{r['stage']:<{width}}  {r['done']:>4}/{r['total']:<5} {items:>16}  {state}")
+        q = bad.get(r["stage"])
+        extra = f"  ({q['quarantined']} quarantined, {q['skipped']} skipped)" if q else ""
+        print(f"{r['stage']:<{width}}  {r['done']:>4}/{r['total']:<5} {items:>16}  {state}{extra}")
+    if bad:
+        print(f"quarantine: {sum(q['quarantined'] for q in bad.values())} inputs could not be used, "
+              f"{sum(q['skipped'] for q in bad.values())} files were not images; reasons in {root / 'quarantine'}")
     return 0
 
 

@@ -7,12 +7,15 @@ command line. Every error names the file and the key.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from aigi.core.configtools import ConfigError, Invalid, build, check, to_dict
-from aigi.generators.base import NAME_RE, GeneratorConfig
+from aigi.core.devices import DEVICE_RE
+from aigi.curation.normalize import NormalizeConfig
+from aigi.curation.sources.config import RealSourceConfig
+from aigi.generators.base import GeneratorConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,8 +48,11 @@ class DaskSection:
 
 @dataclass(frozen=True)
 class PromptsSection:
-    source: Literal["classes", "file"] = "classes"
+    source: Literal["classes", "file", "real"] = "classes"
     path: str = ""
+    #: source = "real": the real source (name) whose captions or classes become the prompts
+    real: str = ""
+    use: Literal["captions", "classes"] = "captions"
     classes: tuple[str, ...] = ()
     class_ids: tuple[int, ...] = ()
     templates: tuple[str, ...] = ("a photo of a {class}",)
@@ -56,6 +62,8 @@ class PromptsSection:
         check(self.limit >= 0, "limit", "must be >= 0 (0 = no limit)")
         if self.source == "file":
             check(bool(self.path), "path", 'required when source = "file"')
+        elif self.source == "real" and self.use == "captions":
+            pass
         else:
             check(bool(self.templates), "templates", "needs at least one template")
             for i, t in enumerate(self.templates):
@@ -64,23 +72,44 @@ class PromptsSection:
 
 
 @dataclass(frozen=True)
-class RealSection:
-    path: str
-    name: str = "real"
-    source: Literal["imagefolder"] = "imagefolder"
-    recursive: bool = True
-    class_from_folder: bool = False
-    unit_size: int = 256
+class DedupeSection:
+    """Near-duplicates: pHash pairs within `radius` bits (dHash too when `confirm_dhash` > 0).
+
+    `method = "centre"`: each cluster has a centre every member is within `radius` of (no
+    chaining); "components": connected components of the pairs. `reference`: run directories of an
+    existing corpus whose images new ones are checked against (incremental mode)."""
+
+    radius: int = 8
+    method: Literal["centre", "components"] = "centre"
+    confirm_dhash: int = 0
+    device: str = "cpu"
+    reference: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        check(bool(NAME_RE.match(self.name)), "name", f"{self.name!r} is not a valid source name")
-        check(self.unit_size > 0, "unit_size", "must be > 0")
+        check(0 <= self.radius <= 32, "radius", f"must be in 0..32 bits, got {self.radius}")
+        check(0 <= self.confirm_dhash <= 64, "confirm_dhash", "must be in 0..64 (0 = off)")
+        check(bool(DEVICE_RE.match(self.device)), "device", f"{self.device!r} is not a device (auto, cpu, cuda, cuda:N)")
+
+
+@dataclass(frozen=True)
+class PairSection:
+    """How generated images are linked to real ones (aigi.curation.pairing)."""
+
+    by: Literal["auto", "caption", "class", "parent", "none"] = "auto"
+    k: int = 1
+
+    def __post_init__(self) -> None:
+        check(self.k >= 1, "k", f"must be >= 1, got {self.k}")
 
 
 @dataclass(frozen=True)
 class SplitSection:
-    by: Literal["prompt", "class", "image"] = "prompt"
+    by: Literal["prompt", "class", "image", "real", "pair"] = "prompt"
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    #: generator names or families whose images (and every group they touch) go to test
+    holdout: tuple[str, ...] = ()
+    #: near-duplicates that straddle splits: "report" them, or "merge" their groups first
+    near_duplicates: Literal["report", "merge"] = "report"
 
     def __post_init__(self) -> None:
         check(all(f >= 0 for f in self.fractions), "fractions", "must be >= 0")
@@ -94,6 +123,9 @@ class SplitSection:
 
 @dataclass(frozen=True)
 class CurationSection:
+    dedupe: DedupeSection = field(default_factory=DedupeSection)
+    pair: PairSection = field(default_factory=PairSection)
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     split: SplitSection = field(default_factory=SplitSection)
 
 
@@ -114,7 +146,7 @@ class RunConfig:
     run: RunSection = field(default_factory=RunSection)
     dask: DaskSection = field(default_factory=DaskSection)
     prompts: PromptsSection | None = None
-    real: RealSection | None = None
+    reals: tuple[RealSourceConfig, ...] = ()
     generators: tuple[GeneratorConfig, ...] = ()
     curation: CurationSection = field(default_factory=CurationSection)
     feature_store: FeatureStoreSection = field(default_factory=FeatureStoreSection)
@@ -150,11 +182,15 @@ def parse_config(data: dict[str, Any], file: str = "<config>", out: str | None =
     from aigi.generators import registry as generator_registry
 
     data = dict(data)
+    if "reals" in data:
+        raise ConfigError(f"{file}: reals: unknown key (real sources are [real] or [[real]] tables)")
+    reals = _reals(data.pop("real", []), file)
     features_raw = data.pop("features", {})
     detectors_raw = data.pop("detectors", {})
     if "file" in data:
         raise ConfigError(f"{file}: file: unknown key")
     cfg: RunConfig = build(RunConfig, {**data, "file": file}, "", file)
+    cfg = replace(cfg, reals=reals)
 
     features = _entries(features_raw, "features", feature_registry, file)
     detectors = _entries(detectors_raw, "detectors", detector_registry, file)
@@ -188,9 +224,23 @@ def parse_config(data: dict[str, Any], file: str = "<config>", out: str | None =
             )
     if cfg.generators and cfg.prompts is None:
         raise ConfigError(f"{file}: prompts: generators are configured but there is no [prompts] table")
-    if cfg.real is not None and cfg.real.name in seen:
-        raise ConfigError(f"{file}: real.name: {cfg.real.name!r} is also a generator name")
-    if detectors and (cfg.real is None or not cfg.generators):
+    for i, r in enumerate(cfg.reals):
+        if r.name in seen:
+            raise ConfigError(f"{file}: real[{i}].name: {r.name!r} is also a generator or real source name")
+        seen.add(r.name)
+    if cfg.prompts is not None and cfg.prompts.source == "real":
+        names = [r.name for r in cfg.reals]
+        if not names:
+            raise ConfigError(f'{file}: prompts.source: "real" needs a [real] source')
+        if cfg.prompts.real and cfg.prompts.real not in names:
+            raise ConfigError(f"{file}: prompts.real: {cfg.prompts.real!r} is not a real source (have: {', '.join(names)})")
+    holdout = set(cfg.curation.split.holdout)
+    unknown = holdout - {g.name for g in cfg.generators} - {g.family for g in cfg.generators}
+    if unknown:
+        raise ConfigError(
+            f"{file}: curation.split.holdout: {sorted(unknown)} name no configured generator or family"
+        )
+    if detectors and (not cfg.reals or not cfg.generators):
         raise ConfigError(
             f"{file}: detectors: training a detector needs both [real] images and [[generators]]"
         )
@@ -204,7 +254,7 @@ def parse_config(data: dict[str, Any], file: str = "<config>", out: str | None =
         run=run,
         dask=cfg.dask,
         prompts=cfg.prompts,
-        real=cfg.real,
+        reals=cfg.reals,
         generators=cfg.generators,
         curation=cfg.curation,
         feature_store=cfg.feature_store,
@@ -212,6 +262,15 @@ def parse_config(data: dict[str, Any], file: str = "<config>", out: str | None =
         detectors=detectors,
         file=file,
     )
+
+
+def _reals(raw: Any, file: str) -> tuple[RealSourceConfig, ...]:
+    """One [real] table (errors say `real.key`) or [[real]] tables (`real[i].key`)."""
+    if isinstance(raw, dict):
+        return (build(RealSourceConfig, raw, "real", file),)
+    if not isinstance(raw, list):
+        raise ConfigError(f"{file}: real: expected a [real] table or [[real]] tables")
+    return tuple(build(RealSourceConfig, t, f"real[{i}]", file) for i, t in enumerate(raw))
 
 
 def _entries(raw: Any, where: str, registry: Any, file: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 from aigi.manifests.rundir import RunDir
 from aigi.pipeline.config import RunConfig
 from aigi.pipeline.runinfo import write_run_json
-from aigi.pipeline.runner import StageResult, run_stages, write_if_changed
+from aigi.pipeline.runner import StageResult, forget_other_plans, run_stages, write_if_changed
 from aigi.pipeline.stage import RunContext, Stage
 
 
@@ -25,26 +25,33 @@ class RunReport:
 
 def build_stages(ctx: RunContext) -> list[Stage]:
     from aigi.pipeline.stages.anomaly_report import AnomalyReportStage
+    from aigi.pipeline.stages.audit import AuditStage
+    from aigi.pipeline.stages.common import normalizing
     from aigi.pipeline.stages.dedupe import DedupeStage
     from aigi.pipeline.stages.detect import DetectStage
     from aigi.pipeline.stages.features import FeatureStage, group_by_device
     from aigi.pipeline.stages.generate import GenerateStage
     from aigi.pipeline.stages.hash import HashStage
     from aigi.pipeline.stages.ingest import IngestStage
+    from aigi.pipeline.stages.measure import MeasureStage
+    from aigi.pipeline.stages.normalize import NormalizePlanStage, NormalizeStage
+    from aigi.pipeline.stages.pair import PairStage
     from aigi.pipeline.stages.prompts import PromptsStage
     from aigi.pipeline.stages.split import SplitStage
 
     cfg = ctx.config
-    stages: list[Stage] = []
+    # Real sources first: their captions or classes may be the prompts.
+    stages: list[Stage] = [IngestStage(ctx, r) for r in cfg.reals]
     if cfg.generators:
         stages.append(PromptsStage(ctx))
         stages += [GenerateStage(ctx, g) for g in cfg.generators]
-    if cfg.real is not None:
-        stages.append(IngestStage(ctx))
-    if cfg.generators or cfg.real is not None:
-        stages += [HashStage(ctx), DedupeStage(ctx), SplitStage(ctx)]
+    if cfg.generators or cfg.reals:
+        stages += [HashStage(ctx), DedupeStage(ctx), PairStage(ctx), MeasureStage(ctx)]
+        if normalizing(cfg):
+            stages += [NormalizePlanStage(ctx), NormalizeStage(ctx)]
+        stages += [AuditStage(ctx), SplitStage(ctx)]
     stages += [FeatureStage(ctx, group) for group in group_by_device(cfg.features)]
-    if "anomaly" in cfg.features and cfg.real is not None and cfg.generators:
+    if "anomaly" in cfg.features and cfg.reals and cfg.generators:
         stages.append(AnomalyReportStage(ctx, cfg.features["anomaly"], seed=cfg.run.seed))
     stages += [DetectStage(ctx, name, c) for name, c in cfg.detectors.items()]
     return stages
@@ -91,6 +98,8 @@ def run(
     write_run_json(rundir.run_json, config)
     ctx = RunContext(config=config, run=rundir)
     stages = build_stages(ctx)
+    # The plans of stages this config no longer has go: later stages plan from recorded plans.
+    forget_other_plans(rundir.logs, [s.label for s in stages])
     dashboard = None
     if serial:
         results = run_stages(stages, SerialExecutor(), rundir.logs, stream)

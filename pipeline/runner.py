@@ -77,7 +77,6 @@ def run_stages(
     `StageFailed` naming every failed unit; a re-run redoes only what is missing.
     """
     stream = stream or sys.stdout
-    forget_other_plans(logs, [s.label for s in stages])
     results = []
     for order, stage in enumerate(stages):
         t0 = time.perf_counter()
@@ -108,6 +107,12 @@ def run_stages(
                 f"stage {stage.label}: {len(failures)} of {len(pending)} units failed ({detail}). "
                 "Finished units are kept; re-run to redo the rest."
             ) from failures[0].error
+        bad = sum(int(s.get("quarantined", 0)) for s in summaries)
+        not_images = sum(int(s.get("skipped", 0)) for s in summaries)
+        if bad or not_images:
+            from aigi.pipeline.quarantine import summary_line
+
+            stream.write(f"  [{stage.label}] {summary_line(bad, not_images, logs.parent / 'quarantine')}\n")
         results.append(
             StageResult(
                 stage.label, len(units), skipped, len(pending),

@@ -33,6 +33,9 @@ class Unit:
     #: Further (output, producer) pairs of a unit that writes several files (one per feature of a
     #: feature group); the unit is done when every one of them is.
     also: tuple[tuple[str, str], ...] = ()
+    #: A whole-corpus summary (duplicate groups, pairs, splits, audits) that is cheap to redo: when
+    #: its inputs change it is replaced, not refused as stale. Its inputs are kept.
+    replaceable: bool = False
 
     def outputs(self) -> list[tuple[str, str]]:
         return [(self.output, self.producer), *self.also]
@@ -89,7 +92,16 @@ def is_done(unit: Unit) -> bool:
     An output made by a different producer is never overwritten silently: the config or the
     inputs changed under an existing run directory, and the user must choose.
     """
+    if unit.replaceable:
+        return all(Path(out).exists() and _producer(out) == producer for out, producer in unit.outputs())
     return all(output_done(unit.stage, out, producer) for out, producer in unit.outputs())
+
+
+def _producer(path: str) -> str | None:
+    try:
+        return shard_meta(path)["producer"]
+    except (ManifestError, OSError):
+        return None
 
 
 def output_done(stage: str, output: str, producer: str) -> bool:

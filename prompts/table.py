@@ -13,18 +13,24 @@ def prompt_id(prompt: str) -> str:
     return "p" + content_id("prompt", prompt, length=15)
 
 
-def build_prompt_table(section: Any) -> list[dict]:
+def build_prompt_table(section: Any, real_rows: list[dict] | None = None) -> list[dict]:
     """Rows with prompt_id, prompt, class_id, class_name, source for a `[prompts]` section.
 
-    Duplicate prompt texts are kept once (first occurrence); `limit` > 0 keeps the first N.
+    `real_rows` (prompt, class_id, class_name of real images) feed `source = "real"`. Duplicate
+    prompt texts are kept once (first occurrence); `limit` > 0 keeps the first N.
     """
     from aigi.prompts.classes import class_prompts, resolve_classes
+    from aigi.prompts.real import real_prompts
     from aigi.prompts.textfile import file_prompts
 
     if section.source == "classes":
         rows = class_prompts(resolve_classes(section.classes, section.class_ids), section.templates)
     elif section.source == "file":
         rows = file_prompts(section.path)
+    elif section.source == "real":
+        if real_rows is None:
+            raise ValueError('prompts source "real" needs the real rows')
+        rows = real_prompts(real_rows, section.use, section.templates)
     else:  # the config validates `source`; this guards programmatic use
         raise ValueError(f"unknown prompt source {section.source!r}")
     seen: set[str] = set()

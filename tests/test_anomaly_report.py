@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+from planted import plant_plan
 
 from aigi.features.anomaly import Anomaly, AnomalyConfig
 from aigi.features.store import write_features
@@ -18,7 +19,6 @@ from aigi.pipeline.config import parse_config
 from aigi.pipeline.runner import run_stages
 from aigi.pipeline.stage import RunContext
 from aigi.pipeline.stages.anomaly_report import AnomalyReportStage
-from aigi.pipeline.stages.common import generator_tag
 
 
 def brute_force_d(a: np.ndarray, b: np.ndarray) -> float:
@@ -58,10 +58,9 @@ def test_report_per_generator_with_non_finite_points(tmp_path: Path) -> None:
         ids = [f"{source}-{i}" for i in range(n)]
         rows = [{**dict.fromkeys(IMAGES.arrow.names), "image_id": i, "label": label, "source": source,
                  "image": {"bytes": b"", "path": None}} for i in ids]
-        # A generator's shards carry its fingerprint tag; the stages read only those.
-        tag = generator_tag(cfg.generators[0]) if label else ""
-        shard = ctx.run.image_dir(source) / f"shard-00000{tag}.parquet"
+        shard = ctx.run.image_dir(source) / "shard-00000.parquet"
         write_shard({k: [r[k] for r in rows] for k in IMAGES.arrow.names}, shard, IMAGES, f"p-{source}")
+        plant_plan(ctx, f"generate/{source}" if label else f"ingest/{source}", [shard])
         c = rng.random(n).astype(np.float32) + shift
         v = rng.random(n).astype(np.float32)
         if source == "gen-a":

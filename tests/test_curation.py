@@ -10,7 +10,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from aigi.curation.dedupe import exact_duplicates
 from aigi.curation.hashing import hash_image, hash_rows
 from aigi.curation.ingest import (
     BadImage,
@@ -18,6 +17,7 @@ from aigi.curation.ingest import (
     ingest_file,
     list_images,
 )
+from aigi.curation.neardup import near_duplicates
 from aigi.curation.split import assign_splits
 from aigi.manifests.ids import content_id
 from aigi.manifests.schema import DUPLICATES, HASHES, IMAGES, SPLITS
@@ -222,7 +222,9 @@ def hashes_table(ids: list[str], labels: list[int], pix: list[str]) -> pa.Table:
     return pa.Table.from_pydict(
         {
             "image_id": ids, "source": ["s"] * n, "label": labels, "sha256": ids,
-            "pixel_sha256": pix, "phash": [0] * n, "dhash": [0] * n,
+            # distinct pictures get far-apart perceptual hashes: only exact duplicates meet at
+            # radius 0
+            "pixel_sha256": pix, "phash": [int(p[:16], 16) for p in pix], "dhash": [0] * n,
         },
         schema=HASHES.arrow,
     )
@@ -233,15 +235,15 @@ def test_exact_duplicates_keeps_the_real_image(tmp_path: Path) -> None:
     t = hashes_table(
         ["g1", "real9", "g0", "solo", "x2", "x1"], [1, 0, 1, 1, 1, 1], [p, p, p, q, r, r]
     )
-    d = exact_duplicates(t)
+    d = near_duplicates(t, radius=0)
     assert d.schema == DUPLICATES.arrow
     got = {row["image_id"]: row for row in d.to_pylist()}
     assert d.column("image_id").to_pylist() == t.column("image_id").to_pylist()
-    assert got["real9"] == {"image_id": "real9", "dup_group": p[:16], "group_size": 3,
-                            "keep": True, "drop_reason": None}
+    assert {k: got["real9"][k] for k in ("dup_group", "group_size", "keep", "drop_reason")} == {
+        "dup_group": "real9", "group_size": 3, "keep": True, "drop_reason": None}
     for g in ("g1", "g0"):
         assert got[g]["keep"] is False and got[g]["drop_reason"] == "exact_duplicate_of:real9"
-        assert got[g]["group_size"] == 3 and got[g]["dup_group"] == p[:16]
+        assert got[g]["group_size"] == 3 and got[g]["dup_group"] == "real9"
     assert got["solo"]["keep"] and got["solo"]["drop_reason"] is None and got["solo"]["group_size"] == 1
     # Same label: the smallest image_id wins.
     assert got["x1"]["keep"] and got["x2"]["drop_reason"] == "exact_duplicate_of:x1"
@@ -254,7 +256,7 @@ def test_exact_duplicates_matches_reference_and_ignores_order() -> None:
     ids = [f"id{i:05d}" for i in rng.permutation(n)]
     labels = rng.integers(0, 2, n).tolist()
     pix = [hashlib.sha256(str(k).encode()).hexdigest() for k in rng.integers(0, 2000, n)]
-    d = exact_duplicates(hashes_table(ids, labels, pix))
+    d = near_duplicates(hashes_table(ids, labels, pix), radius=0)
     # Reference: the plain-Python reading of the rule.
     members: dict[str, list[tuple[int, str]]] = {}
     for i, lab, p in zip(ids, labels, pix, strict=True):
@@ -265,8 +267,9 @@ def test_exact_duplicates_matches_reference_and_ignores_order() -> None:
         assert row["keep"] == (row["image_id"] == winner)
         assert row["drop_reason"] == (None if row["keep"] else f"exact_duplicate_of:{winner}")
     perm = rng.permutation(n)
-    d2 = exact_duplicates(
-        hashes_table([ids[k] for k in perm], [labels[k] for k in perm], [pix[k] for k in perm])
+    d2 = near_duplicates(
+        hashes_table([ids[k] for k in perm], [labels[k] for k in perm], [pix[k] for k in perm]),
+        radius=0,
     )
     assert sorted(d2.to_pylist(), key=lambda r: r["image_id"]) == sorted(
         d.to_pylist(), key=lambda r: r["image_id"]
@@ -275,7 +278,7 @@ def test_exact_duplicates_matches_reference_and_ignores_order() -> None:
 
 def test_exact_duplicates_rejects_repeated_ids() -> None:
     with pytest.raises(ValueError, match="unique"):
-        exact_duplicates(hashes_table(["a", "a"], [0, 1], ["p" * 64, "q" * 64]))
+        near_duplicates(hashes_table(["a", "a"], [0, 1], ["a" * 64, "b" * 64]), radius=0)
 
 
 # ---------------------------------------------------------------- splits

@@ -116,7 +116,22 @@ def test_status_reports_every_stage_done(demo: tuple[Path, str], capsys: pytest.
     assert main(["status", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()[1:]
     stages = [ln.split()[0] for ln in lines]
-    assert stages[:3] == ["prompts", "generate/tiny-sd-a", "generate/tiny-sd-b"]
+    assert stages[:4] == ["ingest/photos", "prompts", "generate/tiny-sd-a", "generate/tiny-sd-b"]
+    curation = ["hash", "dedupe", "pair", "measure", "normalize-plan", "normalize", "audit", "split"]
+    assert stages[4:12] == curation
     assert "features/lare+dnf+code+dire+anomaly+clip_rn50" in stages and "detect/logreg" in stages
     assert "report/anomaly" in stages
     assert all(ln.rstrip().endswith("done") and "incomplete" not in ln for ln in lines)
+
+
+def test_demo_writes_a_bias_audit_that_normalization_clears(demo: tuple[Path, str]) -> None:
+    out, _ = demo
+    audit = pq.read_table(out / "curation" / "bias_audit.parquet").to_pylist()
+    auc = {r["when"]: r["auc"] for r in audit if r["property"] == "format_only_auc" and r["source"] is None}
+    # JPEG photos beside PNG fakes: the format alone gives the label away; after the all-JPEG
+    # policy it says nothing
+    assert auc["before"] >= 0.95 and abs(auc["after"] - 0.5) <= 0.1
+    report = (out / "curation" / "bias_audit.md").read_text(encoding="utf-8")
+    assert "format-only AUC" in report and "## after" in report
+    formats = {r["image_id"]: r["format"] for r in pq.read_table(out / "curation" / "measures_normalized").to_pylist()}
+    assert len(formats) == 192 and set(formats.values()) == {"JPEG"}

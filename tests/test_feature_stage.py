@@ -51,8 +51,11 @@ def context(tmp_path: Path, photos: Path, features: dict) -> RunContext:
 
 def run_all(ctx: RunContext):
     from aigi.pipeline.run import build_stages
+    from aigi.pipeline.runner import forget_other_plans
 
-    return run_stages(build_stages(ctx), SerialExecutor(), ctx.run.logs, io.StringIO())
+    stages = build_stages(ctx)
+    forget_other_plans(ctx.run.logs, [s.label for s in stages])  # as `aigi run` does
+    return run_stages(stages, SerialExecutor(), ctx.run.logs, io.StringIO())
 
 
 def test_features_on_one_device_form_one_stage(tmp_path, photos, models):
@@ -108,6 +111,9 @@ def test_store_location_follows_weights_not_folder(tmp_path, photos, models):
     shutil.copytree(models["lare"]["model"], moved)
     a = context(tmp_path, photos, {"lare": models["lare"]})
     b = context(tmp_path, photos, {"lare": {**models["lare"], "model": str(moved)}})
+    from aigi.pipeline.stages.ingest import IngestStage
+
+    run_stages([IngestStage(a, a.config.reals[0])], SerialExecutor(), a.run.logs, io.StringIO())
     outs_a = [u.output for u in FeatureStage(a, a.config.features).plan()]
     outs_b = [u.output for u in FeatureStage(b, b.config.features).plan()]
     assert outs_a == outs_b

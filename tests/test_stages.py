@@ -52,12 +52,15 @@ def test_ingest_quarantines_bad_files_and_keeps_the_rest(tmp_path: Path) -> None
     ctx = RunContext(cfg, RunDir(tmp_path / "run").make())
     from aigi.pipeline.stages.ingest import IngestStage
 
-    [res] = run_stages([IngestStage(ctx)], SerialExecutor(), ctx.run.logs, io.StringIO())
+    console = io.StringIO()
+    [res] = run_stages([IngestStage(ctx, cfg.reals[0])], SerialExecutor(), ctx.run.logs, console)
     assert res.items == 1
-    rows = pq.read_table(ctx.run.image_dir("real") / "shard-00000.parquet").to_pylist()
+    assert "2 quarantined, 0 skipped" in console.getvalue()
+    [shard] = ctx.run.image_shards("real")
+    rows = pq.read_table(shard).to_pylist()
     assert len(rows) == 1 and rows[0]["origin"] == "cat/good.jpg" and rows[0]["class_name"] == "cat"
     assert rows[0]["format"] == "JPEG" and abs(rows[0]["jpeg_quality"] - 80) <= 1
     assert rows[0]["image"]["bytes"] == (photos / "good.jpg").read_bytes()
-    q = pq.read_table(ctx.run.quarantine / "ingest" / "real" / "shard-00000.parquet").to_pylist()
+    q = pq.read_table(ctx.run.quarantine / "ingest" / "real" / shard.name).to_pylist()
     reasons = {Path(r["item"]).name: r["reason"] for r in q}
     assert set(reasons) == {"empty.png", "cut.png"} and reasons["empty.png"] == "empty file"

@@ -17,7 +17,7 @@ from aigi.manifests.ids import fingerprint
 from aigi.manifests.schema import ANOMALY_SCORES, IMAGES
 from aigi.manifests.shards import read_shards, write_shard
 from aigi.pipeline.stage import RunContext, Stage, Unit
-from aigi.pipeline.stages.common import image_shards, producer_of
+from aigi.pipeline.stages.common import curated_shards, producer_of
 from aigi.pipeline.stages.features import feature_dir, feature_shards
 
 REPORT_VERSION = 1
@@ -34,7 +34,7 @@ class AnomalyReportStage(Stage):
 
     def plan(self) -> list[Unit]:
         features = feature_shards(self.ctx, "anomaly", self.config)
-        images = image_shards(self.ctx)
+        images = curated_shards(self.ctx)
         producer = fingerprint(["anomaly-report", REPORT_VERSION, self.seed, [producer_of(p) for p in features]])
         out = feature_dir(self.ctx, "anomaly", self.config) / "anomaly_scores.parquet"
         payload = {"features": [str(p) for p in features], "images": [str(p) for p in images]}

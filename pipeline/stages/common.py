@@ -8,21 +8,47 @@ from aigi.manifests.shards import shard_meta
 from aigi.pipeline.stage import RunContext
 
 
+def planned_outputs(ctx: RunContext, label: str) -> list[Path]:
+    """The outputs an earlier stage planned in this run (logs/plans), in plan order.
+
+    Downstream stages plan from upstream plans, never from a glob of the disk: shards a source no
+    longer has (files removed, weights changed) stay on disk but are not picked up."""
+    import json
+
+    from aigi.pipeline.runner import plan_path
+
+    path = plan_path(ctx.run.logs, label)
+    if not path.exists():
+        raise FileNotFoundError(f"stage {label} has no recorded plan in {ctx.run.root}: run it first")
+    plan = json.loads(path.read_text(encoding="utf-8"))
+    return [ctx.run.root / u["output"] for u in plan["units"]]
+
+
 def image_shards(ctx: RunContext) -> list[Path]:
-    """The image shards of this config: a generator's shards carry its fingerprint in their name,
-    so shards made with other weights or settings (kept on disk, never overwritten) are not
-    picked up by later stages."""
+    """The original image shards of this config: every generator's and every real source's."""
     out: list[Path] = []
     for g in ctx.config.generators:
-        out += [p for p in ctx.run.image_shards(g.name) if p.stem.endswith(generator_tag(g))]
-    if ctx.config.real is not None:
-        out += ctx.run.image_shards(ctx.config.real.name)
+        out += planned_outputs(ctx, f"generate/{g.name}")
+    for r in ctx.config.reals:
+        out += planned_outputs(ctx, f"ingest/{r.name}")
     return out
 
 
-def generator_tag(gen) -> str:
-    """The suffix of a generator's shard names: the first 8 characters of its fingerprint."""
-    return "-" + gen.fingerprint()[:8]
+def normalizing(config) -> bool:
+    """Whether the config re-encodes or resizes images (features then see the normalized ones)."""
+    n = config.curation.normalize
+    return n.format != "keep" or n.short_side > 0 or n.crop != "none"
+
+
+def curated_shards(ctx: RunContext) -> list[Path]:
+    """The image shards later stages use: normalized ones when normalization is configured (the
+    originals stay where they are), else the originals."""
+    return planned_outputs(ctx, "normalize") if normalizing(ctx.config) else image_shards(ctx)
+
+
+def curation_path(ctx: RunContext, kind: str, image_shard: Path) -> Path:
+    """Where a per-shard curation output of `kind` (hashes, measures, ...) lives."""
+    return ctx.run.curation / kind / image_shard.parent.name / image_shard.name
 
 
 def producer_of(path: Path) -> str:

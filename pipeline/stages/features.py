@@ -21,7 +21,7 @@ from aigi.manifests.ids import derive_seed, fingerprint
 from aigi.manifests.schema import IMAGES
 from aigi.manifests.shards import read_shard
 from aigi.pipeline.stage import RunContext, Stage, Unit, output_done
-from aigi.pipeline.stages.common import image_shards, num_rows, producer_of
+from aigi.pipeline.stages.common import curated_shards, num_rows, producer_of
 
 FEATURE_INPUT_COLUMNS = ["image_id", "image", "label", "source", "prompt_id", "prompt", "class_id", "class_name"]
 #: Images decoded, preprocessed and handed to the models at a time (each model then chunks by its
@@ -41,7 +41,7 @@ def feature_dir(ctx: RunContext, name: str, config: Any) -> Path:
 
 def feature_shards(ctx: RunContext, name: str, config: Any) -> list[Path]:
     base = feature_dir(ctx, name, config)
-    return [base / s.parent.name / s.name for s in image_shards(ctx)]
+    return [base / s.parent.name / s.name for s in curated_shards(ctx)]
 
 
 def group_by_device(features: dict[str, Any]) -> list[dict[str, Any]]:
@@ -70,7 +70,7 @@ class FeatureStage(Stage):
 
     def plan(self) -> list[Unit]:
         units = []
-        for shard in image_shards(self.ctx):
+        for shard in curated_shards(self.ctx):
             outs = []
             for name, fp in self.fingerprints.items():
                 out = self.ctx.run.feature_dir(name, fp) / shard.parent.name / shard.name

@@ -48,9 +48,11 @@ class GenerateStage(Stage):
         ids = pq.read_table(path, columns=["prompt_id"]).column("prompt_id").to_pylist()
         return plan_units(self, str(path), ids)
 
-    def preview(self) -> tuple[int, int]:
+    def preview(self) -> tuple[int, int] | None:
         from aigi.prompts.table import build_prompt_table
 
+        if self.ctx.config.prompts.source == "real":
+            return None  # the prompts come from a real source not yet ingested
         n = len(build_prompt_table(self.ctx.config.prompts)) * self.gen.images_per_prompt
         return -(-n // self.gen.unit_size), n
 

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from aigi.manifests.ids import fingerprint
 from aigi.manifests.schema import HASHES, IMAGES
 from aigi.manifests.shards import read_shard, write_shard
 from aigi.pipeline.stage import Stage, Unit
-from aigi.pipeline.stages.common import image_shards, num_rows, producer_of
+from aigi.pipeline.stages.common import curation_path, image_shards, num_rows, producer_of
 
-HASH_VERSION = 1
-
-
-def hash_shard_path(ctx: Any, image_shard: Path) -> Path:
-    return ctx.run.curation / "hashes" / image_shard.parent.name / image_shard.name
+HASH_VERSION = 2  # v2: pixels of the one shared decoder (EXIF orientation, 16-bit scaling)
 
 
 class HashStage(Stage):
@@ -25,7 +20,7 @@ class HashStage(Stage):
         units = []
         for shard in image_shards(self.ctx):
             producer = fingerprint(["hash", HASH_VERSION, producer_of(shard)])
-            out = hash_shard_path(self.ctx, shard)
+            out = curation_path(self.ctx, "hashes", shard)
             n = num_rows(shard)
             units.append(Unit(self.label, f"{shard.parent.name}/{shard.stem}", str(out), producer, n, str(shard)))
         return units
