@@ -10,7 +10,8 @@
    on the planted pairs measured, against a plain numpy all-pairs loop (chunked XOR + popcount)
    where that is run (n <= --baseline-max, default 10^5; null otherwise, never extrapolated), and
    against faiss `IndexBinaryMultiHash.range_search` when faiss is importable (it is not an aigi
-   dependency). Where two methods run, their pair sets are compared.
+   dependency), and against aigi's torch brute force on CUDA when a GPU is present. Where two
+   methods run, their pair sets are compared.
 
     python benchmarks/dedupe.py                     # n = 10^5 and 10^6, radius 8
     python benchmarks/dedupe.py --n 10000000        # one n only
@@ -170,10 +171,8 @@ def pair_keys(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
 
 def recall(keys: np.ndarray, src, dst, dist, radius: int, n: int) -> tuple[float, int]:
     """Share of planted pairs within radius that were found; planted pairs at r+1 found."""
-    planted = pair_keys(src, dst, n)
     inside = pair_keys(src[dist <= radius], dst[dist <= radius], n)
     outside = pair_keys(src[dist > radius], dst[dist > radius], n)
-    del planted
     found_in = np.isin(inside, keys).sum()
     return float(found_in / inside.size), int(np.isin(outside, keys).sum())
 
@@ -206,7 +205,9 @@ def faiss_pairs(h: np.ndarray, radius: int, m: int):
     return q[keep], found[keep]
 
 
-def bench_search(n: int, radius: int, baseline_max: int, with_faiss: bool) -> dict:
+def bench_search(
+    n: int, radius: int, baseline_max: int, with_faiss: bool, with_cuda: bool
+) -> dict:
     from aigi.curation.neardup import HashIndex
 
     h, src, dst, dist = planted_hashes(n, radius)
@@ -242,6 +243,20 @@ def bench_search(n: int, radius: int, baseline_max: int, with_faiss: bool) -> di
             "aigi_speedup": round(base_s / total_s, 1),
         }
 
+    row["torch_cuda_brute_force"] = None
+    if with_cuda:
+        from aigi.curation.neardup import brute_force_pairs
+
+        brute_force_pairs(h[:1000], radius, "cuda")  # CUDA context start-up untimed
+        t = time.perf_counter()
+        ci, cj, _ = brute_force_pairs(h, radius, "cuda")
+        cuda_s = time.perf_counter() - t
+        row["torch_cuda_brute_force"] = {
+            "total_s": round(cuda_s, 2),
+            "same_pairs_as_aigi": bool(np.array_equal(pair_keys(ci, cj, n), keys)),
+            "aigi_speedup": round(cuda_s / total_s, 2),
+        }
+
     row["faiss_multihash"] = None
     if with_faiss:
         m = max(index.blocks, 3)
@@ -269,6 +284,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=300, help="images for the hashing benchmark")
     p.add_argument("--perturbed", type=int, default=100, help="originals for the copy recall")
     p.add_argument("--no-faiss", action="store_true")
+    p.add_argument("--no-cuda", action="store_true", help="skip the torch CUDA brute force")
     args = p.parse_args()
 
     try:
@@ -278,15 +294,19 @@ def main() -> None:
     except ImportError:
         with_faiss = False
 
+    import torch
+
+    with_cuda = torch.cuda.is_available() and not args.no_cuda
     result: dict = {"hashing": bench_hashing(args.images), "search": []}
     print(json.dumps(result["hashing"]), flush=True)
     result["perturbations"] = bench_perturbations(args.perturbed, args.radius)
     print(json.dumps(result["perturbations"]), flush=True)
     for n in [args.n] if args.n else [100_000, 1_000_000]:
-        row = bench_search(n, args.radius, args.baseline_max, with_faiss)
+        row = bench_search(n, args.radius, args.baseline_max, with_faiss, with_cuda)
         print(json.dumps(row), flush=True)
         result["search"].append(row)
     result["faiss_available"] = with_faiss
+    result["cuda_available"] = with_cuda
     result["cpu_count"] = os.cpu_count()
     print(json.dumps(result))
 

@@ -13,8 +13,8 @@ tables capped at 2^24 entries; where that estimate exceeds all pairs (tiny n, hu
 compares all pairs in chunks instead. Candidates are verified in chunks of bounded size, so memory
 is the tables (~30 bytes per hash per block) plus a constant. `HashIndex.query` searches new hashes
 against a built index (the incremental mode: a new shard against an existing corpus, without
-re-searching the corpus). On CUDA, `brute_force_pairs` compares all pairs with torch (chunked XOR
-and a SWAR popcount), which a GPU does fast enough up to a few million hashes.
+re-searching the corpus). On CUDA, `brute_force_pairs` compares all pairs as a matrix product
+of sign vectors (dot product = 64 - 2 * distance) on the tensor cores.
 
 Clustering: "within r" is not transitive. A~B and B~C with A and C up to 2r apart is common
 (a chain of crops or re-encodes), and connected components merge whole chains into one group.
@@ -42,31 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aigi.manifests.schema import Schema
-
-NEAR_DUPLICATES = Schema(
-    name="aigi.duplicates",
-    version=2,
-    arrow=pa.schema(
-        [
-            ("image_id", pa.string()),
-            ("dup_group", pa.string()),  # image_id of the group's centre (or representative)
-            ("group_size", pa.int32()),
-            ("keep", pa.bool_()),
-            ("drop_reason", pa.string()),
-            ("nearest_real", pa.string()),  # generated rows: nearest real image within r
-            ("nearest_real_distance", pa.int16()),
-        ]
-    ),
-)
-
-NEAR_PAIRS = Schema(
-    name="aigi.near_pairs",
-    version=1,
-    arrow=pa.schema(
-        [("image_id_a", pa.string()), ("image_id_b", pa.string()), ("distance", pa.int16())]
-    ),
-)
+from aigi.manifests.schema import DUPLICATES, NEAR_PAIRS
 
 HASH_BITS = 64
 MAX_TABLE_BITS = 24  # a dense table of 2^24 int64 starts is 128 MiB
@@ -343,42 +319,37 @@ def _numpy_brute(q: np.ndarray, h: np.ndarray | None, radius: int):
 def brute_force_pairs(
     hashes: np.ndarray, radius: int, device: str = "cpu"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, dist) for all pairs within radius, by chunked XOR + SWAR popcount in torch.
+    """(i, j, dist) for all pairs within radius, compared all against all as a matrix product.
 
-    Meant for CUDA (compares all n^2/2 pairs); runs on any torch device, so it is tested on CPU.
+    Each hash becomes a vector of 64 signs (+1 for a set bit, -1 for a clear one); the dot
+    product of two such vectors is 64 - 2 * Hamming distance, so a block of rows against all
+    columns is one matrix multiply (tensor cores on CUDA, in float16: every value involved is a
+    small integer, exact in float16 with float32 accumulation). Meant for CUDA; runs on any torch
+    device (float32 elsewhere), so it is tested on CPU against the index.
     """
     import torch
 
     h_np = _as_hashes(hashes)
     radius = _check_radius(radius)
     n = h_np.size
-    h = torch.from_numpy(h_np.view(np.int64)).to(device)
+    dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+    bits = np.unpackbits(h_np.view(np.uint8).reshape(n, 8), axis=1)  # bit order is irrelevant
+    signs = torch.from_numpy(bits).to(device=device, dtype=dtype).mul_(2).sub_(1)
+    least = HASH_BITS - 2 * radius  # dot product at distance = radius
     rows = max(1, (CHUNK * 8) // max(n, 1))
     found = []
     with torch.no_grad():
         for a in range(0, n, rows):
             b = min(n, a + rows)
-            d = _torch_popcount(h[a:b, None] ^ h[None, a:])
-            hit = d <= radius
+            dot = signs[a:b] @ signs[a:].T
+            hit = dot >= least
             # only columns right of the diagonal: i < j
-            cols = torch.arange(a, n, device=h.device)
+            cols = torch.arange(a, n, device=signs.device)
             hit &= cols[None, :] > cols[: b - a, None]
             r, c = hit.nonzero(as_tuple=True)
-            dist = d[r, c].to(torch.int16)
+            dist = ((HASH_BITS - dot[r, c].float()) / 2).round().to(torch.int16)
             found.append(((r + a).cpu().numpy(), (c + a).cpu().numpy(), dist.cpu().numpy()))
     return _finish(found, ordered=True)
-
-
-def _torch_popcount(x):
-    """SWAR popcount of int64 tensors. Right shifts are arithmetic on int64: mask after shifting
-    (the masks have bit 63 clear); the last steps add bytes that are all < 128, no multiply."""
-    x = x - ((x >> 1) & _M1)
-    x = (x & _M2) + ((x >> 2) & _M2)
-    x = (x + (x >> 4)) & _M4
-    x = x + (x >> 8)
-    x = x + (x >> 16)
-    x = x + (x >> 32)
-    return x & 0x7F
 
 
 def near_pairs(
@@ -525,7 +496,7 @@ def near_duplicates(
     confirm_dhash: int | None = None,
     device: str = "cpu",
 ) -> pa.Table:
-    """NEAR_DUPLICATES for a HASHES table: one row per input row, in input order.
+    """DUPLICATES for a HASHES table: one row per input row, in input order.
 
     Priority (who is kept): real (label 0) before generated, then the smaller image_id, so the
     result does not depend on row order. Exact duplicates (equal pixel_sha256) join their
@@ -540,7 +511,7 @@ def near_duplicates(
         raise ValueError(f"near_duplicates: confirm_dhash must be in 0..{HASH_BITS}")
     n = table.num_rows
     if n == 0:
-        return NEAR_DUPLICATES.arrow.empty_table()
+        return DUPLICATES.arrow.empty_table()
     t = table.select(list(_NEED)).combine_chunks()
     label = t.column("label").to_numpy(zero_copy_only=False).astype(np.int8)
     by_prio = pc.sort_indices(t, [("label", "ascending"), ("image_id", "ascending")]).to_numpy()
@@ -601,5 +572,5 @@ def near_duplicates(
             ids.take(pa.array(np.where(has_near, near, 0), mask=~has_near)),
             pa.array(near_d, mask=~has_near, type=pa.int16()),
         ],
-        schema=NEAR_DUPLICATES.arrow,
+        schema=DUPLICATES.arrow,
     )

@@ -15,7 +15,6 @@ import pytest
 
 from aigi.curation import neardup
 from aigi.curation.neardup import (
-    NEAR_DUPLICATES,
     NEAR_PAIRS,
     HashIndex,
     brute_force_pairs,
@@ -27,7 +26,7 @@ from aigi.curation.neardup import (
     popcount64,
     swar_popcount64,
 )
-from aigi.manifests.schema import HASHES
+from aigi.manifests.schema import DUPLICATES, HASHES
 
 # ---------------------------------------------------------------- independent references
 
@@ -237,7 +236,7 @@ def test_near_duplicates_groups_flags_and_order_invariance():
     sources = ["web" if r[0] == "r3" else ("real", "gen")[r[1]] for r in rows]
     table = table.set_column(1, "source", pa.array(sources))  # r3: another real source
     out = near_duplicates(table, radius=8)
-    assert out.schema == NEAR_DUPLICATES.arrow
+    assert out.schema == DUPLICATES.arrow
     assert out.column("image_id").to_pylist() == [r[0] for r in rows]  # input order
     o = by_id(out)
     assert o["r1"]["keep"] and o["r1"]["dup_group"] == "r1" and o["r1"]["drop_reason"] is None
