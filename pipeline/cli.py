@@ -62,6 +62,14 @@ def _print_summary(report) -> None:
     ):
         if path.exists():
             print(f"  {label:<48} {path}")
+    audit = run.curation / "bias_audit.parquet"
+    if audit.exists():
+        import pyarrow.parquet as pq
+
+        auc = {r["when"]: r["auc"] for r in pq.read_table(audit).to_pylist()
+               if r["property"] == "format_only_auc" and r["source"] is None}
+        moments = ", ".join(f"{k} {v:.2f}" for k, v in auc.items() if v is not None)
+        print(f"\nbias audit ({run.curation / 'bias_audit.md'}): format-only classifier AUC {moments}")
     if run.features.exists():
         print("\nfeature stores (aigi features RUN):")
         _list_stores(run.root)
