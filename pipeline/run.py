@@ -62,13 +62,15 @@ def preview(config: RunConfig, stream: TextIO | None = None) -> list[tuple[str, 
 
     Nothing is written; the run directory is not created. Stages that plan from the outputs of
     earlier ones (hashes, splits, features, detectors) are listed without counts."""
+    from aigi.curation.sources import SourceError
+
     stream = stream or sys.stdout
     ctx = RunContext(config=config, run=RunDir(Path(config.run.out)))
     rows = []
     for stage in build_stages(ctx):
         try:
             counts = stage.preview()
-        except FileNotFoundError as e:  # an input not on this machine: say so, plan the rest
+        except (FileNotFoundError, SourceError) as e:  # an input not on this machine: say so, plan the rest
             rows.append((stage.label, None))
             stream.write(f"  {stage.label:<40} input missing here: {e}\n")
             continue

@@ -272,3 +272,38 @@ def test_exif_hash_is_of_rotated_pixels(folder: Path) -> None:
     # The same picture stored upright (rotation baked into the pixels) is the same picture.
     upright = encode(Image.fromarray(np.rot90(stored, -1)), "PNG")
     assert hash_image(upright)["pixel_sha256"] == hash_image(data)["pixel_sha256"]
+
+
+def test_a_run_over_the_folder_completes_and_accounts_for_every_file(folder: Path, tmp_path: Path, capsys) -> None:
+    """Through `aigi run` (ingest and every curation stage): each non-hidden file is an image row
+    or a quarantine row with its reason; the counts reach the console and `aigi status`."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from aigi.pipeline.cli import main
+    from aigi.pipeline.config import parse_config
+    from aigi.pipeline.run import run
+
+    copy = tmp_path / "real"
+    shutil.copytree(folder, copy, symlinks=True)
+    (copy / "vanished.png").unlink(missing_ok=True)  # another test removes it from the fixture
+    cfg = parse_config({"run": {"out": str(tmp_path / "run")},
+                        "real": {"path": str(copy), "class_from_folder": True, "max_pixels": LIMIT}})
+    console = io.StringIO()
+    report = run(cfg, serial=True, stream=console)
+    assert [r.label for r in report.results][-1] == "split"  # the run went to the end
+    rows = pq.read_table(tmp_path / "run" / "images").to_pylist()
+    reasons = {r["item"]: r["reason"] for r in pq.read_table(tmp_path / "run" / "quarantine").to_pylist()}
+    ingested = {r["origin"] for r in rows}
+    expected = (set(GOOD) | set(BAD) | set(SKIPPED)) - {"vanished.png"}
+    assert ingested == set(GOOD) and not ingested & set(reasons)
+    assert ingested | set(reasons) == expected
+    assert {k for k, v in reasons.items() if v.startswith("skipped: ")} == set(SKIPPED)
+    n_bad = len(BAD) - 1
+    assert f"{n_bad} quarantined, {len(SKIPPED)} skipped" in console.getvalue()
+    assert main(["status", str(tmp_path / "run")]) == 0
+    assert f"({n_bad} quarantined, {len(SKIPPED)} skipped)" in capsys.readouterr().out
+    # the synset folder's image carries the ImageNet class, as generated images of it would
+    fish = next(r for r in rows if r["origin"] == "n01440764/fish.JPEG")
+    assert (fish["class_name"], fish["class_id"]) == ("tench", 0)
