@@ -75,24 +75,6 @@ def bench_hashing(count: int) -> dict:
     }
 
 
-def natural_image(seed: int, size: int = 200):
-    """A smooth random field with random shapes (as in tests/test_neardup.py)."""
-    from PIL import Image, ImageDraw
-
-    rng = np.random.default_rng(seed)
-    g = int(rng.integers(3, 8))
-    img = Image.fromarray((rng.random((g, g, 3)) * 255).astype(np.uint8))
-    img = img.resize((size, size), Image.BICUBIC)
-    draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(3, 7))):
-        x0, y0 = (int(v) for v in rng.integers(0, size - 40, 2))
-        w, h = (int(v) for v in rng.integers(20, size // 2, 2))
-        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
-        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
-        shape([x0, y0, x0 + w, y0 + h], fill=fill)
-    return img
-
-
 def bench_perturbations(count: int, radius: int) -> dict:
     """pHash distance of perturbed copies to their original: recall at the radius, per kind.
 
@@ -128,6 +110,8 @@ def bench_perturbations(count: int, radius: int) -> dict:
         **{f"crop{p}_centred": (lambda im, p=p: png(centred(im, p / 100))) for p in (3, 4, 5, 8)},
         **{f"crop{p}_one_sided": (lambda im, p=p: png(one_sided(im, p / 100))) for p in (3, 5)},
     }
+    from aigi.curation.synthetic import natural_image
+
     images = [natural_image(k) for k in range(count)]
     orig = np.array([hash_image(png(im))["phash"] for im in images], dtype=np.uint64)
     between = np.bitwise_count(orig[:, None] ^ orig[None, :])

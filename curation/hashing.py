@@ -49,24 +49,6 @@ def hash_image(data: bytes) -> dict:
 
 def hash_rows(table: pa.Table) -> pa.Table:
     """A HASHES table for an IMAGES table (needs columns image_id, image, label, source)."""
-    missing = [c for c in ("image_id", "image", "label", "source") if c not in table.column_names]
-    if missing:
-        raise ValueError(f"hash_rows: input lacks column(s) {missing}")
-    ids = table.column("image_id").to_pylist()
-    images = table.column("image").combine_chunks().field("bytes").to_pylist()
-    cols: dict[str, list] = {k: [] for k in ("sha256", "pixel_sha256", "phash", "dhash")}
-    for image_id, data in zip(ids, images, strict=True):
-        if not data:
-            raise ValueError(f"hash_rows: image {image_id!r} has no bytes")
-        try:
-            h = hash_image(data)
-        except Exception as exc:
-            raise ValueError(f"hash_rows: cannot hash image {image_id!r}: {exc}") from exc
-        for k, v in h.items():
-            cols[k].append(v)
-    given = {c: table.column(c).combine_chunks() for c in ("image_id", "source", "label")}
-    arrays = [
-        given[f.name].cast(f.type) if f.name in given else pa.array(cols[f.name], type=f.type)
-        for f in HASHES.arrow
-    ]
-    return pa.Table.from_arrays(arrays, schema=HASHES.arrow)
+    from aigi.curation.per_image import per_image_table
+
+    return per_image_table(table, hash_image, HASHES, "hash_rows")

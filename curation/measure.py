@@ -126,25 +126,6 @@ def measure(data: bytes) -> dict:
 
 def measure_rows(images: pa.Table) -> pa.Table:
     """A MEASURES table for an IMAGES table (needs image_id, image, label, source), in row order."""
-    missing = [c for c in ("image_id", "image", "label", "source") if c not in images.column_names]
-    if missing:
-        raise ValueError(f"measure_rows: input lacks column(s) {missing}")
-    ids = images.column("image_id").to_pylist()
-    blobs = images.column("image").combine_chunks().field("bytes").to_pylist()
-    names = MEASURES.arrow.names[3:]
-    cols: dict[str, list] = {k: [] for k in names}
-    for image_id, data in zip(ids, blobs, strict=True):
-        if not data:
-            raise ValueError(f"measure_rows: image {image_id!r} has no bytes")
-        try:
-            m = measure(data)
-        except Exception as exc:
-            raise ValueError(f"measure_rows: cannot measure image {image_id!r}: {exc}") from exc
-        for k in names:
-            cols[k].append(m[k])
-    given = {c: images.column(c).combine_chunks() for c in ("image_id", "source", "label")}
-    arrays = [
-        given[f.name].cast(f.type) if f.name in given else pa.array(cols[f.name], type=f.type)
-        for f in MEASURES.arrow
-    ]
-    return pa.Table.from_arrays(arrays, schema=MEASURES.arrow)
+    from aigi.curation.per_image import per_image_table
+
+    return per_image_table(images, measure, MEASURES, "measure_rows")

@@ -62,9 +62,7 @@ class PromptsSection:
         check(self.limit >= 0, "limit", "must be >= 0 (0 = no limit)")
         if self.source == "file":
             check(bool(self.path), "path", 'required when source = "file"')
-        elif self.source == "real" and self.use == "captions":
-            pass
-        else:
+        elif self.source == "classes" or self.use == "classes":
             check(bool(self.templates), "templates", "needs at least one template")
             for i, t in enumerate(self.templates):
                 check("{class}" in t, f"templates[{i}]", f"{t!r} has no {{class}} placeholder")

@@ -26,6 +26,7 @@ from aigi.curation.neardup import (
     popcount64,
     swar_popcount64,
 )
+from aigi.curation.synthetic import natural_image
 from aigi.manifests.schema import DUPLICATES, HASHES
 
 # ---------------------------------------------------------------- independent references
@@ -309,24 +310,6 @@ def test_table_inputs_are_checked():
 
 
 # ---------------------------------------------------------------- planted copies of images
-
-
-def natural_image(seed: int, size: int = 200):
-    """A smooth random field with random shapes: distinct per seed, with pHash-visible structure."""
-    from PIL import Image, ImageDraw
-
-    rng = np.random.default_rng(seed)
-    g = int(rng.integers(3, 8))
-    img = Image.fromarray((rng.random((g, g, 3)) * 255).astype(np.uint8))
-    img = img.resize((size, size), Image.BICUBIC)
-    draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(3, 7))):
-        x0, y0 = (int(v) for v in rng.integers(0, size - 40, 2))
-        w, h = (int(v) for v in rng.integers(20, size // 2, 2))
-        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
-        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
-        shape([x0, y0, x0 + w, y0 + h], fill=fill)
-    return img
 
 
 def encode(img, fmt: str = "PNG", **kw) -> bytes:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, ClassVar
 
-from aigi.manifests.shards import shard_meta
-from aigi.pipeline.stage import RunContext
+from aigi.manifests.ids import fingerprint
+from aigi.manifests.schema import IMAGES, Schema
+from aigi.manifests.shards import read_shard, shard_meta, write_shard
+from aigi.pipeline.stage import RunContext, Stage, Unit
 
 
 def planned_outputs(ctx: RunContext, label: str) -> list[Path]:
@@ -68,3 +71,30 @@ def shard_index(i: int) -> str:
 
 def chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class PerImageShardStage(Stage):
+    """One unit per original image shard, writing one table per shard to curation/<kind>/;
+    subclasses say what (`kind`, `version`, `schema`) and compute it (`compute`)."""
+
+    kind: ClassVar[str]
+    version: ClassVar[int]
+    schema: ClassVar[Schema]
+
+    def plan(self) -> list[Unit]:
+        units = []
+        for shard in image_shards(self.ctx):
+            producer = fingerprint([self.name, self.version, producer_of(shard)])
+            out = curation_path(self.ctx, self.kind, shard)
+            units.append(Unit(self.label, f"{shard.parent.name}/{shard.stem}", str(out), producer,
+                              num_rows(shard), str(shard)))
+        return units
+
+    def compute(self, images: Any) -> Any:
+        raise NotImplementedError
+
+    def process(self, unit: Unit, state: Any) -> dict[str, Any]:
+        images = read_shard(unit.payload, IMAGES, columns=["image_id", "image", "label", "source"])
+        table = self.compute(images)
+        write_shard(table, unit.output, self.schema, unit.producer)
+        return {"items": table.num_rows}

@@ -158,9 +158,10 @@ def plan_units(stage: GenerateStage, prompts_path: str, prompt_ids: list[str]) -
         hi = min(lo + gen.unit_size, n)
         # The unit's prompts (by id) name its output: an edited prompt list is new work.
         producer = fingerprint(["generate", stage._fp, run_seed, prompt_ids[lo // k : (hi - 1) // k + 1], lo % k, hi - lo, k])
-        # The generator's fingerprint is in the name: changed weights or settings write new shards
-        # (the work is redone) and never overwrite the old ones.
-        out = stage.ctx.run.image_dir(gen.name) / f"{shard_index(i)}-{stage._fp[:8]}.parquet"
+        # The unit's fingerprint is in the name: changed weights, settings or prompts write new
+        # shards (that work is redone) and never overwrite the old ones; prompts appended to the
+        # table leave the earlier units' shards as they are.
+        out = stage.ctx.run.image_dir(gen.name) / f"{shard_index(i)}-{producer[:8]}.parquet"
         payload = {"prompts": prompts_path, "lo": lo, "hi": hi, "per_prompt": k}
         units.append(Unit(stage.label, f"{gen.name}/{shard_index(i)}", str(out), producer, hi - lo, payload))
     return units
