@@ -176,3 +176,35 @@ def test_bad_curation_config_names_the_key(tmp_path, change, key):
             "generators": [{"name": "g", "family": "stable_diffusion", "model": "m"}]}
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         parse_config({**base, **change}, file="cfg.toml")
+
+
+def test_two_real_sources_deduplicated_against_each_other(tmp_path):
+    import tarfile
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(photo(40 + i, 64)).save(folder / f"{i}.png")
+    shard = tmp_path / "web-000000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for key, data, caption in (("s1", jpeg(photo(41, 64), 80), "a copy"), ("s2", jpeg(photo(50, 64), 80), "new")):
+            for ext, payload in (("jpg", data), ("txt", caption.encode())):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    cfg = parse_config({"run": {"out": str(tmp_path / "run")},
+                        "real": [{"name": "folder", "path": str(folder)},
+                                 {"name": "web", "source": "webdataset", "path": str(shard)}]})
+    run(cfg, serial=True, stream=io.StringIO())
+    images = {r["image_id"]: r for r in pq.read_table(tmp_path / "run" / "images").to_pylist()}
+    dups = {images[r["image_id"]]["origin"]: r for r in table(tmp_path / "run" / "curation" / "duplicates.parquet")}
+    copy = next(o for o in dups if o.endswith("s1"))
+    pair = {copy, "1.png"}
+    # one of the two is kept (the smaller image_id: the choice depends on content, not on order)
+    dropped = [o for o in pair if not dups[o]["keep"]]
+    assert len(dropped) == 1 and dups[copy]["dup_group"] == dups["1.png"]["dup_group"]
+    kept_id = dups[(pair - set(dropped)).pop()]["image_id"]
+    assert dups[dropped[0]]["drop_reason"].startswith(f"near_duplicate_of:{kept_id}")
+    assert all(d["keep"] for o, d in dups.items() if o not in pair)
+    web = {r["origin"]: r for r in images.values() if r["source"] == "web"}
+    assert {r["prompt"] for r in web.values()} == {"a copy", "new"}  # captions from the .txt members
