@@ -102,7 +102,7 @@ def measure(data: bytes) -> dict:
     from aigi.curation.ingest import estimate_jpeg_quality
     from aigi.manifests.imagebytes import decode
 
-    decoded = decode(data)
+    decoded = decode(data, verify=False)  # stored bytes: checked when they were ingested
     is_jpeg = decoded.format == "JPEG"
     with Image.open(io.BytesIO(data)) as im:  # header only: no second pixel decode
         sampling = subsampling_name(im) if is_jpeg else None

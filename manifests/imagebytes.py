@@ -81,17 +81,25 @@ def encode_png(img: Image.Image) -> bytes:
 
 
 def decode_rgb(data: bytes) -> Image.Image:
-    """The RGB picture every stage sees; BadImage if the bytes are not a usable image."""
-    return decode(data).rgb
+    """The RGB picture every stage sees; BadImage if the bytes are not a usable image.
+
+    For stored images (checked at ingestion, or written by aigi): the structure check is skipped,
+    the pixels are the same."""
+    return decode(data, verify=False).rgb
 
 
 def decode(
-    data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, *, origin: str = "image"
+    data: bytes,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    *,
+    origin: str = "image",
+    verify: bool = True,
 ) -> Decoded:
     """Decode encoded image bytes to 8-bit RGB (see the module docstring for what that involves).
 
     `max_pixels` refuses larger images before their pixels are decoded (None: only Pillow's own
-    limit, Image.MAX_IMAGE_PIXELS, applies). `origin` names the item in a BadImage's message.
+    limit, Image.MAX_IMAGE_PIXELS, applies). `verify = False` skips Pillow's structure check
+    (chunk CRCs), which only bytes not yet accepted need. `origin` names the item in a BadImage's message.
     Raises BadImage with a short reason: "empty file", "truncated", "cannot decode: ...",
     "decompression bomb: W x H pixels > limit N".
     """
@@ -102,10 +110,12 @@ def decode(
     try:
         # verify() checks the structure (PNG chunk CRCs, ...) and leaves the image unusable;
         # the second open decodes every pixel, catching truncation that verify() lets through.
+        if verify:
+            with Image.open(io.BytesIO(data), formats=_formats()) as im:
+                _check_size(im.size, max_pixels, origin)
+                im.verify()
         with Image.open(io.BytesIO(data), formats=_formats()) as im:
             _check_size(im.size, max_pixels, origin)
-            im.verify()
-        with Image.open(io.BytesIO(data), formats=_formats()) as im:
             fmt = FORMAT_ALIASES.get(im.format or "", im.format or "")
             mode = im.mode
             rawmode = _rawmode(im)
