@@ -8,10 +8,12 @@ Three links, as the protocols of the field define them:
 - `class`: the fake and the real share a class (GenImage protocol); each fake gets `k` real images
   of its class.
 
-When several reals qualify (a class, or a caption two photos share), the choice is balanced and
-seeded: per key, the reals and the fakes are each ordered by sha256(seed, image_id), and fake j
-takes reals j*k .. j*k+k-1 (cyclically). Every real is used about equally, the result does not
-depend on row order, and the work is linear in the rows.
+When several reals qualify (a class, or a caption two photos share), the choice is seeded and
+made per fake: the key's reals are ordered by sha256(seed, image_id), and a fake takes k
+consecutive ones (cyclically) from a start drawn from sha256(seed, its image_id). So a fake's
+pairs depend on its id and the key's reals only: adding a generator (more fakes) changes no
+existing pair, and with it nothing downstream (per-pair encodings, features). Every real is used
+about equally (in expectation), the result does not depend on row order, and the work is linear.
 
 Output (PAIRS): one row per input row. For a fake: `pair_id` = its first real (the one per-pair
 normalization copies the encoding of), `reals` = all k, `pair_by` = the link used. For a real:
@@ -101,8 +103,9 @@ def pair_rows(images: pa.Table, by: str = "auto", k: int = 1, seed: int = 0) -> 
     for (how, key), fakes in fakes_by_key.items():
         pool = sorted((by_caption if how == "caption" else by_class)[key], key=lambda i: (_order(seed, i), i))
         take = min(k, len(pool))
-        for j, fid in enumerate(sorted(fakes, key=lambda i: (_order(seed, i), i))):
-            chosen[fid] = [pool[(j * take + t) % len(pool)] for t in range(take)]
+        for fid in fakes:
+            start = int(_order(seed, fid)[:16], 16) % len(pool)
+            chosen[fid] = [pool[(start + t) % len(pool)] for t in range(take)]
 
     linked_reals = {rid for rs in chosen.values() for rid in rs}
     group = _components(ids, chosen)

@@ -208,3 +208,17 @@ def test_two_real_sources_deduplicated_against_each_other(tmp_path):
     assert all(d["keep"] for o, d in dups.items() if o not in pair)
     web = {r["origin"]: r for r in images.values() if r["source"] == "web"}
     assert {r["prompt"] for r in web.values()} == {"a copy", "new"}  # captions from the .txt members
+
+
+def test_adding_a_generator_redoes_no_normalized_shard_of_the_others(tmp_path, coco_like, tiny_sd):
+    """Growing a corpus: the new generator's images are paired, encoded and audited; the shards
+    already normalized (and so the features computed on them) stay as they are."""
+    raw = d3_config(tmp_path / "run", coco_like, tiny_sd)
+    run(parse_config(raw), serial=True, stream=io.StringIO())
+    normalized = tmp_path / "run" / "curation" / "normalized"
+    before = {p: p.stat().st_mtime_ns for p in normalized.rglob("*.parquet")}
+    second = {**raw["generators"][0], "name": "sd-b", "guidance": 3.0}
+    run(parse_config({**raw, "generators": [*raw["generators"], second]}), serial=True, stream=io.StringIO())
+    after = {p: p.stat().st_mtime_ns for p in normalized.rglob("*.parquet")}
+    assert all(after.get(p) == t for p, t in before.items())
+    assert {p.parent.name for p in set(after) - set(before)} == {"sd-b"}

@@ -6,7 +6,8 @@ per-pair policy needs each fake's real; `jpeg_sampled` needs every real's qualit
 `curation/normalized/<source>/`, with a NORMALIZED record per image and the new bytes' measures
 beside it. The originals are never touched; later stages (features, anomaly report) read the
 normalized shards. Shard names carry the unit's fingerprint, so a changed policy writes new
-shards and the features computed on the old ones are not mixed in.
+shards and the features computed on the old ones are not mixed in; a shard whose images keep
+their treatment keeps its name (and its features) when the rest of the corpus grows.
 """
 
 from __future__ import annotations
@@ -22,13 +23,7 @@ from aigi.manifests.ids import fingerprint
 from aigi.manifests.schema import IMAGES, MEASURES, NORMALIZE_PLAN, NORMALIZED, PAIRS
 from aigi.manifests.shards import read_shard, read_shards, write_shard
 from aigi.pipeline.stage import RunContext, Stage, Unit
-from aigi.pipeline.stages.common import (
-    curation_path,
-    image_shards,
-    num_rows,
-    planned_outputs,
-    producer_of,
-)
+from aigi.pipeline.stages.common import curation_path, image_shards, planned_outputs, producer_of
 
 NORMALIZE_VERSION = 1
 
@@ -65,15 +60,23 @@ class NormalizeStage(Stage):
     name = "normalize"
 
     def plan(self) -> list[Unit]:
-        plan = self.ctx.run.curation / "normalize_plan.parquet"
+        import pyarrow.parquet as pq
+
+        plan_path = self.ctx.run.curation / "normalize_plan.parquet"
+        plan = read_shard(plan_path, NORMALIZE_PLAN)
+        row_of = {image_id: i for i, image_id in enumerate(plan.column("image_id").to_pylist())}
         units = []
         for shard in image_shards(self.ctx):
-            producer = fingerprint(["normalize", NORMALIZE_VERSION, producer_of(plan), producer_of(shard)])
+            ids = pq.read_table(shard, columns=["image_id"]).column("image_id").to_pylist()
+            # A unit's identity is its own images' treatment, not the whole plan's: a generator
+            # added later (new pairs elsewhere) leaves these shards, and their features, alone.
+            mine = plan.take(pa.array([row_of[i] for i in ids], pa.int64()))
+            producer = fingerprint(["normalize", NORMALIZE_VERSION, mine.to_pylist(), producer_of(shard)])
             out = self.ctx.run.curation / "normalized" / shard.parent.name / f"{shard.stem}-n{producer[:8]}.parquet"
             records = curation_path(self.ctx, "normalized_records", out)
             measures = measures_path(self.ctx, out)
-            units.append(Unit(self.label, f"{shard.parent.name}/{shard.stem}", str(out), producer, num_rows(shard),
-                              {"images": str(shard), "plan": str(plan)},
+            units.append(Unit(self.label, f"{shard.parent.name}/{shard.stem}", str(out), producer, len(ids),
+                              {"images": str(shard), "plan": str(plan_path)},
                               also=((str(records), producer), (str(measures), producer))))
         return units
 
