@@ -206,15 +206,18 @@ def ingest_bytes(
     class_name: str | None = None,
     class_id: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    mask: Any = None,
 ) -> dict:
     """One IMAGES row for an encoded image from any real source, its bytes unchanged.
 
     `origin` names the item in its source (a relative path, a tar member key, a dataset row key);
     it and the bytes' sha256 make the image_id. width/height are those of the decoded picture
     (after EXIF rotation), `conversion` how it was decoded when not plainly. BadImage (with a
-    short reason) if unusable.
+    short reason) if unusable. `mask` (a source's object mask: encoded image bytes, or a box
+    [x, y, width, height] in pixels) is stored as a PNG mask of the decoded picture's size.
     """
     decoded = decode(data, max_pixels, origin=origin)
+    stored_mask = None if mask is None else source_mask(mask, (decoded.width, decoded.height), origin)
     sha = sha256_bytes(data)
     row: dict[str, Any] = dict.fromkeys(IMAGES.arrow.names)
     row.update(
@@ -232,5 +235,40 @@ def ingest_bytes(
         class_name=class_name,
         origin=origin,
         conversion=decoded.conversion,
+        mask=stored_mask,
     )
+    if stored_mask is not None:
+        from aigi.generators._aligned import mask_area
+        from aigi.manifests.imagebytes import decode_rgb
+
+        row["mask_area"] = mask_area(decode_rgb(stored_mask["bytes"]))
     return row
+
+
+def source_mask(value: Any, size: tuple[int, int], origin: str) -> dict:
+    """A source's mask as a stored image cell (PNG, "L", white = the object), at `size`."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    from aigi.manifests.imagebytes import encode_png
+
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            with Image.open(io.BytesIO(bytes(value))) as im:
+                im.load()
+                m = im.convert("L")
+        except Exception as exc:
+            raise BadImage(origin, f"mask: cannot decode: {exc}") from exc
+        if m.size != size:
+            raise BadImage(origin, f"mask: size {m.size[0]}x{m.size[1]} differs from the image's {size[0]}x{size[1]}")
+        m = m.point(lambda v: 255 if v > 127 else 0)
+    elif isinstance(value, (list, tuple)) and len(value) == 4:
+        x, y, w, h = (float(v) for v in value)
+        if w <= 0 or h <= 0:
+            raise BadImage(origin, f"mask: empty box {list(value)}")
+        m = Image.new("L", size, 0)
+        ImageDraw.Draw(m).rectangle([round(x), round(y), round(x + w) - 1, round(y + h) - 1], fill=255)
+    else:
+        raise BadImage(origin, f"mask: expected image bytes or a box [x, y, w, h], got {type(value).__name__}")
+    return {"bytes": encode_png(m), "path": None}

@@ -8,12 +8,13 @@ Constructors store; `load(device)` touches disk and GPU; `generate` is pure give
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from aigi.core.configtools import Invalid, check, to_dict
 from aigi.core.devices import DEVICE_RE
+from aigi.generators._aligned import AlignedConfig, AlignedMode, check_mode
 from aigi.generators.settings import (
     SETTING_KEYS,
     Guidance,
@@ -64,6 +65,10 @@ class GeneratorConfig:
     trust_remote_code: bool = False
     #: `torch.compile` the denoiser once per worker (default mode).
     compile: bool = False
+    #: "text": images from prompts; any other mode makes one fake per real image of a real
+    #: source (aligned fakes: `aigi.generators._aligned`), configured by `aligned`.
+    mode: AlignedMode = "text"
+    aligned: AlignedConfig = field(default_factory=AlignedConfig)
 
     def __post_init__(self) -> None:
         check(bool(NAME_RE.match(self.name)), "name", f"{self.name!r} is not a valid name (letters, digits, . _ -)")
@@ -73,6 +78,9 @@ class GeneratorConfig:
         check(self.batch_size > 0, "batch_size", "must be > 0")
         check(self.unit_size > 0, "unit_size", "must be > 0")
         check(bool(DEVICE_RE.match(self.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_mode(self.mode, self.aligned)
+        check(self.mode == "text" or self.images_per_prompt == 1, "images_per_prompt",
+              "an aligned mode makes one fake per real image; use several entries for more")
 
     def identity(self) -> dict[str, Any]:
         """What changes the pixels: the settings and the weights' content, never the folder path,
@@ -82,6 +90,9 @@ class GeneratorConfig:
         d = to_dict(self)
         for k in ("name", "batch_size", "unit_size", "device", "release_date", "license", "model", "revision"):
             d.pop(k)
+        if self.mode == "text":  # text-to-image entries keep the identity they had before modes
+            d.pop("mode")
+            d.pop("aligned")
         weights = resolve_revision(self.model, self.revision)
         # A local folder is its files' hash; a hub id is its name and (cached) commit.
         d["weights"] = {"resolved": weights} if Path(self.model).is_dir() else {"id": self.model, "resolved": weights}
@@ -102,6 +113,8 @@ class Generator:
     honours: ClassVar[frozenset[str]] = frozenset(SETTING_KEYS)
     #: Packages beyond aigi's own dependencies, named when the family cannot be imported.
     requires: ClassVar[tuple[str, ...]] = ()
+    #: The aligned modes (`aigi.generators._aligned`) the family can run besides "text".
+    aligned_modes: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: GeneratorConfig) -> None:
         self.config = config
@@ -113,6 +126,13 @@ class Generator:
         for key in SETTING_KEYS:
             if key not in cls.honours and getattr(config, key) != defaults[key]:
                 raise Invalid(key, f"the {cls.family} family ({cls.conditioning}-conditioned) cannot use {key}; remove it")
+        if config.mode != "text" and config.mode not in cls.aligned_modes:
+            have = ", ".join(sorted(cls.aligned_modes)) or "none"
+            raise Invalid("mode", f"the {cls.family} family cannot run mode {config.mode!r} (it can: {have})")
+        if config.mode == "vae_roundtrip":
+            for key in ("steps", "guidance", "scheduler", "negative_prompt"):
+                if getattr(config, key) != defaults[key]:
+                    raise Invalid(key, 'mode = "vae_roundtrip" runs no sampler; remove it')
         generic = {"pipeline", "trust_remote_code"}
         for key in sorted(generic):
             if cls.family != "generic" and getattr(config, key) != defaults[key]:
@@ -128,6 +148,15 @@ class Generator:
         """One image per (prompt or class, seed), all with `settings`, in order; image i depends
         only on prompts[i] / class_ids[i], seeds[i] and the settings (batches of `batch_size`)."""
         raise NotImplementedError
+
+    def generate_aligned(
+        self, mode: str, parents: list[Image.Image], masks: list[Image.Image | None], prompts: list[str],
+        seeds: list[int], settings: Settings, strength: float,
+    ) -> list[Image.Image]:
+        """One fake per parent (RGB, already at the settings' size), all with `settings` and
+        `strength`, in order; mode is one of `aligned_modes`. `masks` are "L" images, white =
+        repaint (inpaint), or None. Fake i depends only on parent i, mask i, prompt i, seed i."""
+        raise NotImplementedError(f"the {self.family} family has no aligned modes")
 
     def provenance(self, settings: Settings) -> dict[str, Any]:
         """After `load`: model, revision (resolved commit or weights hash), pipeline, scheduler

@@ -52,7 +52,7 @@ def _hf_dtype(t: pa.DataType) -> str:
 
 IMAGES = Schema(
     name="aigi.images",
-    version=3,
+    version=4,
     arrow=pa.schema(
         [
             ("image_id", pa.string()),
@@ -87,9 +87,18 @@ IMAGES = Schema(
             ("conversion", pa.string()),
             # aligned fakes: the image_id of the real image this one was made from
             ("parent_id", pa.string()),
+            ("aligned_mode", pa.string()),  # vae_roundtrip, regenerate, inpaint, img2img
+            ("strength", pa.float32()),
+            # the inpainting mask (PNG, white = repainted); for a real image, the mask its source
+            # supplies (e.g. a COCO object), which `inpaint` with mask = "source" uses
+            ("mask", IMAGE_STRUCT),
+            ("mask_area", pa.float32()),  # share of the image repainted
+            ("psnr", pa.float32()),  # change against the parent (fitted to the fake's size)
+            ("ssim", pa.float32()),
+            ("lpips", pa.float32()),  # null: LPIPS weights are not available offline
         ]
     ),
-    image_columns=("image",),
+    image_columns=("image", "mask"),
     uncompressed=("image.bytes",),
 )
 
@@ -240,6 +249,25 @@ BIAS_AUDIT = Schema(
     ),
 )
 
+FREQUENCY_PARITY = Schema(
+    name="aigi.frequency_parity",
+    version=1,
+    arrow=pa.schema(
+        [
+            ("when", pa.string()),  # before / after normalization
+            ("source", pa.string()),  # the generator
+            ("mode", pa.string()),  # its aligned mode
+            ("n_pairs", pa.int64()),
+            ("n_missing", pa.int64()),  # pairs without an hf_energy on one side
+            ("ratio_p05", pa.float64()),  # hf_energy(fake) / hf_energy(parent)
+            ("ratio_p50", pa.float64()),
+            ("ratio_p95", pa.float64()),
+            ("share_outside", pa.float64()),  # |ratio - 1| > tolerance
+            ("tolerance", pa.float64()),
+        ]
+    ),
+)
+
 PAIRS = Schema(
     name="aigi.pairs",
     version=1,
@@ -370,5 +398,5 @@ def feature_schema(extractor: str, version: int, columns: dict[str, tuple[tuple[
 
 
 REGISTRY: dict[str, Schema] = {
-    s.name: s for s in (IMAGES, PROMPTS, HASHES, DUPLICATES, NEAR_PAIRS, MEASURES, NORMALIZE_PLAN, NORMALIZED, BIAS_AUDIT, PAIRS, SPLITS, SPLIT_AUDIT, QUARANTINE, PREDICTIONS, METRICS, ANOMALY_SCORES)
+    s.name: s for s in (IMAGES, PROMPTS, HASHES, DUPLICATES, NEAR_PAIRS, MEASURES, NORMALIZE_PLAN, NORMALIZED, BIAS_AUDIT, FREQUENCY_PARITY, PAIRS, SPLITS, SPLIT_AUDIT, QUARANTINE, PREDICTIONS, METRICS, ANOMALY_SCORES)
 }

@@ -135,15 +135,16 @@ def _cmd_generators(args: argparse.Namespace) -> int:
 
     if args.config:
         return _list_config_generators(args.config)
-    print(f"{'family':<18} {'conditioning':<12} {'settings it uses':<48} summary")
+    print(f"{'family':<18} {'conditioning':<12} {'settings it uses':<48} {'aligned modes':<38} summary")
     for name in names():
         try:
             cls = get(name)
         except ImportError as e:  # a family whose optional dependency is missing fails alone
-            print(f"{name:<18} {'-':<12} {'-':<48} unavailable: {e}")
+            print(f"{name:<18} {'-':<12} {'-':<48} {'-':<38} unavailable: {e}")
             continue
         honours = ", ".join(k for k in ("steps", "guidance", "scheduler", "size", "negative_prompt") if k in cls.honours)
-        print(f"{name:<18} {cls.conditioning:<12} {honours:<48} {_summary(cls)}")
+        modes = ", ".join(sorted(cls.aligned_modes)) or "-"
+        print(f"{name:<18} {cls.conditioning:<12} {honours:<48} {modes:<38} {_summary(cls)}")
     return 0
 
 

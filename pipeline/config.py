@@ -215,12 +215,20 @@ def parse_config(data: dict[str, Any], file: str = "<config>", out: str | None =
             family.check_config(g)
         except Invalid as e:
             raise ConfigError(f"{file}: generators[{i}].{e.key}: {e.message}") from None
-        if family.conditioning == "class" and cfg.prompts is not None and cfg.prompts.source != "classes":
+        if g.mode != "text":
+            if not cfg.reals:
+                raise ConfigError(f"{file}: generators[{i}].mode: {g.mode!r} makes fakes from real images; add a [real] source")
+            if g.aligned.parent and g.aligned.parent not in [r.name for r in cfg.reals]:
+                raise ConfigError(
+                    f"{file}: generators[{i}].aligned.parent: {g.aligned.parent!r} is not a real source "
+                    f"(have: {', '.join(r.name for r in cfg.reals)})"
+                )
+        elif family.conditioning == "class" and cfg.prompts is not None and cfg.prompts.source != "classes":
             raise ConfigError(
                 f"{file}: generators[{i}].family: {g.family!r} is class-conditional and needs ImageNet "
                 f'class prompts ([prompts] source = "classes"), got source = {cfg.prompts.source!r}'
             )
-    if cfg.generators and cfg.prompts is None:
+    if any(g.mode == "text" for g in cfg.generators) and cfg.prompts is None:
         raise ConfigError(f"{file}: prompts: generators are configured but there is no [prompts] table")
     for i, r in enumerate(cfg.reals):
         if r.name in seen:

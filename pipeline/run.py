@@ -24,6 +24,7 @@ class RunReport:
 
 
 def build_stages(ctx: RunContext) -> list[Stage]:
+    from aigi.pipeline.stages.aligned import AlignedStage
     from aigi.pipeline.stages.anomaly_report import AnomalyReportStage
     from aigi.pipeline.stages.audit import AuditStage
     from aigi.pipeline.stages.common import normalizing
@@ -42,9 +43,12 @@ def build_stages(ctx: RunContext) -> list[Stage]:
     cfg = ctx.config
     # Real sources first: their captions or classes may be the prompts.
     stages: list[Stage] = [IngestStage(ctx, r) for r in cfg.reals]
-    if cfg.generators:
+    text = [g for g in cfg.generators if g.mode == "text"]
+    if text:
         stages.append(PromptsStage(ctx))
-        stages += [GenerateStage(ctx, g) for g in cfg.generators]
+        stages += [GenerateStage(ctx, g) for g in text]
+    # Aligned fakes: one per real image of their parent source.
+    stages += [AlignedStage(ctx, g) for g in cfg.generators if g.mode != "text"]
     if cfg.generators or cfg.reals:
         stages += [HashStage(ctx), DedupeStage(ctx), PairStage(ctx), MeasureStage(ctx)]
         if normalizing(cfg):

@@ -45,6 +45,8 @@ class RawItem(NamedTuple):
     class_name: str | None = None
     class_id: int | None = None
     error: str | None = None
+    #: the source's object mask: encoded image bytes or a box [x, y, w, h] (mask_column)
+    mask: Any = None
 
 
 class Source(ABC):
@@ -87,5 +89,6 @@ def ingest_item(item: RawItem, source: str, max_pixels: int | None = None) -> di
         caption=item.caption,
         class_name=item.class_name,
         class_id=item.class_id,
+        mask=item.mask,
         **({} if max_pixels is None else {"max_pixels": max_pixels}),
     )

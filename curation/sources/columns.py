@@ -68,6 +68,11 @@ def _image_kind(t: pa.DataType) -> str | None:
     return None
 
 
+def _is_box(t: pa.DataType) -> bool:
+    list_like = pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t)
+    return list_like and (pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type))
+
+
 def _is_text(t: pa.DataType) -> bool:
     if pa.types.is_dictionary(t):  # e.g. a pandas categorical column
         return _is_text(t.value_type)
@@ -82,6 +87,7 @@ class Columns:
     caption: str = ""
     cls: str = ""
     id: str = ""
+    mask: str = ""
     class_names: tuple[str, ...] | None = None
     id_names: str = "imagenet"
 
@@ -125,17 +131,24 @@ class Columns:
             lambda t: pa.types.is_integer(t) or _is_text(t),
             "an integer or a string",
         )
+        need(
+            "mask_column",
+            cfg.mask_column,
+            lambda t: _image_kind(t) in ("struct", "binary") or _is_box(t),
+            "an image (struct<bytes, path> or binary) or a box list [x, y, w, h]",
+        )
         return cls(
             image=cfg.image_column,
             caption=cfg.caption_column,
             cls=cfg.class_column,
             id=cfg.id_column,
+            mask=cfg.mask_column,
             class_names=tuple(class_names) if class_names is not None else None,
             id_names=cfg.class_id_names,
         )
 
     def needed(self) -> list[str]:
-        return [c for c in (self.image, self.caption, self.cls, self.id) if c]
+        return [c for c in (self.image, self.caption, self.cls, self.id, self.mask) if c]
 
     def items(
         self,
@@ -150,11 +163,12 @@ class Columns:
         def col(name: str) -> list[Any]:
             return table.column(name).to_pylist() if name else [None] * n
 
-        images, captions, classes, ids = (
+        images, captions, classes, ids, masks = (
             col(self.image),
             col(self.caption),
             col(self.cls),
             col(self.id),
+            col(self.mask),
         )
         for i in range(n):
             origin, error = origin_of(first_row + i), None
@@ -166,7 +180,8 @@ class Columns:
             data, image_error = image_cell(images[i], base_dirs)
             name, class_id, class_error = class_fields(classes[i], self.class_names, self.id_names)
             error = error or image_error or class_error
-            yield RawItem(origin, None if error else data, captions[i], name, class_id, error)
+            mask = masks[i]["bytes"] if isinstance(masks[i], dict) else masks[i]
+            yield RawItem(origin, None if error else data, captions[i], name, class_id, error, mask)
 
 
 def image_cell(value: Any, base_dirs: Sequence[Path]) -> tuple[bytes | None, str | None]:

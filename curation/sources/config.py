@@ -37,6 +37,8 @@ class RealSourceConfig:
     caption_column: str = ""
     class_column: str = ""
     id_column: str = ""
+    #: an object mask per image (image bytes, or a box [x, y, w, h]): inpainting with mask = "source"
+    mask_column: str = ""
     split: str = "train"
     class_id_names: Literal["imagenet", "none"] = "imagenet"
     #: larger images are quarantined as decompression bombs (Pillow's own default limit)
@@ -48,7 +50,7 @@ class RealSourceConfig:
         check(self.unit_size > 0, "unit_size", "must be > 0")
         check(self.max_pixels > 0, "max_pixels", "must be > 0")
         tables = self.source in _TABLE_KINDS
-        for key in ("caption_column", "class_column", "id_column"):
+        for key in ("caption_column", "class_column", "id_column", "mask_column"):
             check(tables or not getattr(self, key), key, 'only used by source = "parquet" or "hf"')
         check(
             tables or self.image_column == "image",

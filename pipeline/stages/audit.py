@@ -1,8 +1,9 @@
 """Stage: the bias audit (one unit): codec and size properties of real vs generated images,
 before normalization and, when the config normalizes, after it.
 
-Writes `curation/bias_audit.parquet` (one row per source, property and moment) and
-`curation/bias_audit.md` (the readable report with the format-only classifier's AUC).
+Writes `curation/bias_audit.parquet` (one row per source, property and moment),
+`curation/frequency_parity.parquet` (aligned fakes against their parents, per generator and
+mode) and `curation/bias_audit.md` (the readable report with the format-only classifier's AUC).
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from aigi.manifests.ids import fingerprint
-from aigi.manifests.schema import BIAS_AUDIT, MEASURES
+from aigi.manifests.schema import BIAS_AUDIT, FREQUENCY_PARITY, IMAGES, MEASURES
 from aigi.manifests.shards import read_shards, write_shard
 from aigi.pipeline.stage import Stage, Unit
-from aigi.pipeline.stages.common import normalizing, planned_outputs, producer_of
+from aigi.pipeline.stages.common import image_shards, normalizing, planned_outputs, producer_of
 
-AUDIT_VERSION = 1
+AUDIT_VERSION = 2  # v2: frequency parity of aligned fakes
 
 
 class AuditStage(Stage):
@@ -27,25 +28,38 @@ class AuditStage(Stage):
         inputs = {"before": [str(p) for p in planned_outputs(self.ctx, "measure")]}
         if normalizing(self.ctx.config):
             inputs["after"] = [str(p) for p in normalized_measures(self.ctx)]
+        images = [str(p) for p in image_shards(self.ctx)]
         producer = fingerprint(
             ["audit", AUDIT_VERSION, self.ctx.config.run.seed,
-             {k: [producer_of(Path(p)) for p in v] for k, v in inputs.items()}]
+             {k: [producer_of(Path(p)) for p in v] for k, v in inputs.items()},
+             [producer_of(Path(p)) for p in images]]
         )
         out = self.ctx.run.curation / "bias_audit.parquet"
-        return [Unit(self.label, "bias_audit", str(out), producer, 0, inputs, replaceable=True)]
+        parity = self.ctx.run.curation / "frequency_parity.parquet"
+        return [Unit(self.label, "bias_audit", str(out), producer, 0, {**inputs, "images": images},
+                     also=((str(parity), producer),), replaceable=True)]
 
     def process(self, unit: Unit, state: Any) -> dict[str, Any]:
         import pyarrow as pa
 
         from aigi.curation.audit import audit_markdown, bias_audit
+        from aigi.curation.frequency_parity import frequency_parity, parity_markdown
 
-        tables = {
-            when: bias_audit(read_shards([Path(p) for p in paths], MEASURES), when, seed=self.ctx.config.run.seed)
-            for when, paths in unit.payload.items()
-        }
+        links = read_shards([Path(p) for p in unit.payload["images"]], IMAGES,
+                            columns=["image_id", "parent_id", "source", "aligned_mode"])
+        tables, parity = {}, []
+        for when in ("before", "after"):
+            if when not in unit.payload:
+                continue
+            measures = read_shards([Path(p) for p in unit.payload[when]], MEASURES)
+            tables[when] = bias_audit(measures, when, seed=self.ctx.config.run.seed)
+            parity.append(frequency_parity(measures, links, when))
         table = pa.concat_tables(list(tables.values()))
-        # the report first: the Parquet file is the unit's completion marker
-        Path(unit.output).with_suffix(".md").write_text(audit_markdown(list(tables.values())), encoding="utf-8")
+        parity_table = pa.concat_tables(parity)
+        # the report first: the Parquet files are the unit's completion markers
+        report = audit_markdown(list(tables.values())) + "\n" + parity_markdown(parity_table)
+        Path(unit.output).with_suffix(".md").write_text(report.rstrip() + "\n", encoding="utf-8")
+        write_shard(parity_table, unit.also[0][0], FREQUENCY_PARITY, unit.producer)
         write_shard(table, unit.output, BIAS_AUDIT, unit.producer)
         return {"items": table.num_rows, "format_only_auc": auc_by_moment(table)}
 

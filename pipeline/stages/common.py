@@ -31,7 +31,7 @@ def image_shards(ctx: RunContext) -> list[Path]:
     """The original image shards of this config: every generator's and every real source's."""
     out: list[Path] = []
     for g in ctx.config.generators:
-        out += planned_outputs(ctx, f"generate/{g.name}")
+        out += planned_outputs(ctx, f"generate/{g.name}" if g.mode == "text" else f"aligned/{g.name}")
     for r in ctx.config.reals:
         out += planned_outputs(ctx, f"ingest/{r.name}")
     return out

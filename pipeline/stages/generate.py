@@ -145,6 +145,13 @@ class GenerateStage(Stage):
             "origin": None,
             "conversion": None,
             "parent_id": None,
+            "aligned_mode": None,
+            "strength": None,
+            "mask": None,
+            "mask_area": None,
+            "psnr": None,
+            "ssim": None,
+            "lpips": None,
         }
 
 
@@ -192,15 +199,21 @@ def generate_with_retry(
     settings: Settings, stats: dict[str, int],
 ) -> list[Any]:
     """Generate; on CUDA out-of-memory, free the cache and retry the two halves (down to one)."""
+    return halving_on_oom(lambda p, c, s: state.generate(p, c, s, settings), [prompts, class_ids, seeds], stats)
+
+
+def halving_on_oom(call: Any, columns: list[list[Any]], stats: dict[str, int]) -> list[Any]:
+    """`call(*columns)`; on CUDA out-of-memory, free the cache and call again on the two halves of
+    every column (down to one item), counting the retries in `stats["oom_retries"]`."""
     import torch
 
     try:
-        return state.generate(prompts, class_ids, seeds, settings)
+        return call(*columns)
     except torch.cuda.OutOfMemoryError:
-        if len(prompts) == 1:
+        if len(columns[0]) == 1:
             raise
         torch.cuda.empty_cache()
         stats["oom_retries"] += 1
-        h = len(prompts) // 2
-        return (generate_with_retry(state, prompts[:h], class_ids[:h], seeds[:h], settings, stats)
-                + generate_with_retry(state, prompts[h:], class_ids[h:], seeds[h:], settings, stats))
+        h = len(columns[0]) // 2
+        return (halving_on_oom(call, [c[:h] for c in columns], stats)
+                + halving_on_oom(call, [c[h:] for c in columns], stats))
