@@ -4,13 +4,12 @@ A group is split as a unit across every source: the same prompt rendered by two 
 the same class seen in real and generated images, lands in one split, so a detector is never
 evaluated on a prompt or class it was trained on.
 
-Assignment is stratified by label so each split gets its share of real and of generated groups.
-For each label, the distinct groups are ordered by sha256(f"{seed}:{group}") and cut by the
-fractions (largest-remainder rounding; every split with a non-zero fraction gets at least one
-group when there are enough groups). A group that occurs under several labels (e.g. class "tench"
-for real and generated images) is decided once, in the cut of the highest label (generated
-first), and left out of the lower labels' cuts; the real-image fractions are then respected on
-the groups that only real images have.
+Assignment is stratified by the labels a group holds, so each split gets its share of groups
+with only real images, with only generated ones, and with both (a class seen in real and
+generated images; a real photo with the fakes made from it). Within each stratum the distinct
+groups are ordered by sha256(f"{seed}:{group}") and cut by the fractions (largest-remainder
+rounding; every split with a non-zero fraction gets at least one group when there are enough
+groups). Each stratum is cut as if it were alone, so each label's rows follow the fractions.
 
 Groups: `prompt`, `class`, `image`; `real` (the real image a row is paired with: a real and its
 fakes), `pair` (the connected component of pair links: with k reals per fake, everything linked).
@@ -134,11 +133,9 @@ def assign_splits(
         forced = sorted(pc.unique(pc.filter(groups, held)).to_pylist())
     decided: list[str] = list(forced)
     decided_split: list[int] = [SPLIT_NAMES.index("test")] * len(forced)
-    for label in sorted(pc.unique(labels).to_pylist(), reverse=True):
-        mine = pc.unique(pc.filter(groups, pc.equal(labels, label)))
-        if decided:
-            mine = pc.filter(mine, pc.invert(pc.is_in(mine, value_set=pa.array(decided, pa.string()))))
-        ordered = sorted(mine.to_pylist(), key=lambda g: (_order_key(seed, g), g))
+    done = set(forced)
+    for stratum in _strata(groups, labels, done):
+        ordered = sorted(stratum, key=lambda g: (_order_key(seed, g), g))
         counts = split_counts(len(ordered), fractions)
         decided.extend(ordered)
         decided_split.extend(np.repeat(np.arange(3), counts).tolist())
@@ -157,6 +154,17 @@ def assign_splits(
         ],
         schema=SPLITS.arrow,
     )
+
+
+def _strata(groups: pa.ChunkedArray, labels: pa.ChunkedArray, skip: set[str]) -> list[list[str]]:
+    """The groups not in `skip`, in strata of equal label sets (real only, generated only, both),
+    in a fixed order."""
+    pairs = pa.table({"g": groups, "l": labels.cast(pa.int8())}).group_by("g").aggregate([("l", "distinct")])
+    by_set: dict[tuple[int, ...], list[str]] = {}
+    for g, ls in zip(pairs.column("g").to_pylist(), pairs.column("l_distinct").to_pylist(), strict=True):
+        if g not in skip:
+            by_set.setdefault(tuple(sorted(ls)), []).append(g)
+    return [by_set[k] for k in sorted(by_set)]
 
 
 def _merge_groups(ids: pa.ChunkedArray, groups: pa.ChunkedArray, links: list[tuple[str, str]]) -> pa.ChunkedArray:

@@ -40,6 +40,8 @@ class DiT(PipelineGenerator):
     conditioning = "class"
     honours = frozenset({"steps", "guidance", "scheduler"})
     denoiser = "transformer"
+    # diffusers has no class-conditioned img2img or inpainting pipeline: the autoencoder only.
+    aligned_modes = frozenset({"vae_roundtrip"})
 
     def _from_pretrained(self) -> Any:
         import diffusers

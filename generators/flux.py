@@ -73,6 +73,9 @@ class Flux(PipelineGenerator):
     conditioning = "text"
     honours = frozenset({"steps", "guidance", "scheduler", "size"})
     denoiser = "transformer"
+    # No regenerate: FluxInpaintPipeline blends the original back where the mask is 0 (FLUX.1
+    # Fill is another pipeline), so an all-zero mask would only be a VAE round trip.
+    aligned_modes = frozenset({"vae_roundtrip", "inpaint", "img2img"})
 
     def _reset(self) -> None:
         self._embeds: LRU[str, tuple[torch.Tensor, torch.Tensor]] = LRU(EMBED_CACHE_SIZE)

@@ -19,6 +19,11 @@ Prompts are passed as text: prompt embeddings are not cached, because how a pipe
 text (which encoders, pooled embeddings, masks, and the argument names for them) differs from
 class to class. The safety checker is disabled (`safety_checker=None`) when the pipeline has one.
 
+Aligned modes: all four are declared, and whether the loaded pipeline can run the entry's mode
+is checked at load, naming `mode`: vae_roundtrip needs a `vae` (AutoencoderKL) or `movq`
+(VQModel); inpaint and img2img need diffusers' AutoPipeline twin of the class (e.g. an LCM has an
+img2img twin but no inpainting one); regenerate also needs an inpainting UNet (9 channels).
+
     [[generators]]
     name = "kandinsky3"
     family = "generic"
@@ -60,6 +65,9 @@ TINY_BUILDER_KEYS = ("seed", "save_as")
 class Generic(PipelineGenerator):
     family = "generic"
     conditioning = "text"
+    # Whether the loaded pipeline can run the entry's mode (an autoencoder, an AutoPipeline
+    # img2img / inpainting twin, an inpainting UNet for regenerate) is checked at load.
+    aligned_modes = frozenset({"vae_roundtrip", "regenerate", "inpaint", "img2img"})
 
     def _reset(self) -> None:
         # The `__call__` arguments of the loaded pipeline, set by `_from_pretrained` (kept when

@@ -74,6 +74,10 @@ class Kandinsky(PipelineGenerator):
     family = "kandinsky"
     conditioning = "text"
     honours = frozenset(SETTING_KEYS)
+    # vae_roundtrip through the MoVQ (unquantized, as the decoder decodes); no inpaint or
+    # regenerate: diffusers' Kandinsky 2.2 inpainting needs the separate 9-channel inpainting
+    # decoder and takes no strength.
+    aligned_modes = frozenset({"vae_roundtrip", "img2img"})
 
     @classmethod
     def check_config(cls, config: GeneratorConfig) -> None:

@@ -76,6 +76,8 @@ class PixArt(PipelineGenerator):
     conditioning = "text"
     honours = frozenset({"steps", "guidance", "scheduler", "size", "negative_prompt"})
     denoiser = "transformer"
+    # diffusers has no PixArt img2img or inpainting pipeline: the autoencoder only.
+    aligned_modes = frozenset({"vae_roundtrip"})
 
     def _reset(self) -> None:
         self._embeds: LRU[str, tuple[torch.Tensor, torch.Tensor]] = LRU(EMBED_CACHE_SIZE)

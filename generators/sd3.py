@@ -68,6 +68,9 @@ class StableDiffusion3(PipelineGenerator):
     conditioning = "text"
     honours = frozenset(SETTING_KEYS)
     denoiser = "transformer"
+    # No regenerate: SD3's inpainting pipeline blends the original back where the mask is 0 (no
+    # mask-conditioned checkpoint), so an all-zero mask would only be a VAE round trip.
+    aligned_modes = frozenset({"vae_roundtrip", "inpaint", "img2img"})
 
     def _reset(self) -> None:
         # prompt -> (joint sequence [333, 4096], pooled [2048]) on the device.

@@ -70,6 +70,9 @@ class StableDiffusionXL(PipelineGenerator):
     family = "sdxl"
     conditioning = "text"
     honours = frozenset(SETTING_KEYS)
+    # regenerate only with an inpainting checkpoint (9-channel UNet, e.g.
+    # diffusers/stable-diffusion-xl-1.0-inpainting-0.1): checked at load.
+    aligned_modes = frozenset({"vae_roundtrip", "regenerate", "inpaint", "img2img"})
 
     def _reset(self) -> None:
         # prompt -> (hidden states [77, 2048], pooled projection [1280]) on the device.

@@ -16,6 +16,27 @@ many images from few prompts and the text encoder would otherwise run for each o
     guidance = 7.5
     size = [512, 512]
     dtype = "float16"
+
+Aligned modes (`aigi.generators._aligned`, run by `aigi.generators._pipeline`): vae_roundtrip,
+inpaint and img2img with any checkpoint; regenerate (an all-zero mask at strength 1, as DRCT and
+B-Free) only with an *inpainting* checkpoint (`stable-diffusion-v1-5/stable-diffusion-inpainting`,
+`stabilityai/stable-diffusion-2-inpainting`), whose 9-channel UNet also sees the mask and the
+masked image. `StableDiffusionPipeline.from_pretrained` loads such a checkpoint (only a
+text-to-image call would fail, so mode "text" with it is refused at load). With a 4-channel UNet
+diffusers' inpainting pipeline blends the encoded original back wherever the mask is 0: an
+all-zero mask returns exactly the sampled VAE round trip, so regenerate is refused at load,
+naming `mode`. Prompts of aligned modes are passed as text (no embedding cache).
+
+    [[generators]]
+    name = "sd15-regenerate"
+    family = "stable_diffusion"
+    model = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+    mode = "regenerate"
+    steps = 50
+    guidance = 7.5
+    size = [512, 512]
+    dtype = "float16"
+    aligned = {prompt = "caption"}
 """
 
 from __future__ import annotations
@@ -41,6 +62,8 @@ TINY_BUILDER_KEYS = ("seed", "block_out_channels", "scheduler", "extra_scheduler
 class StableDiffusion(PipelineGenerator):
     family = "stable_diffusion"
     conditioning = "text"
+    # regenerate only with an inpainting checkpoint (9-channel UNet): checked at load.
+    aligned_modes = frozenset({"vae_roundtrip", "regenerate", "inpaint", "img2img"})
 
     def _reset(self) -> None:
         self._embeds: LRU[str, torch.Tensor] = LRU(EMBED_CACHE_SIZE)

@@ -69,22 +69,33 @@ def tiny_stable_diffusion(
     sample_size: int = 8,
     cross_attention_dim: int = 32,
     extra_scheduler_config: dict[str, Any] | None = None,
+    in_channels: int = 4,
 ) -> Path:
     """Save a tiny, random-weight StableDiffusionPipeline to `folder`.
 
     The VAE has 4 down blocks, so the latent factor is the real ×8 and latents have 4 channels;
     the scheduler uses SD's scaled-linear β schedule. `sample_size` is the UNet's latent size.
+    `in_channels = 9` makes an inpainting checkpoint, as `stable-diffusion-v1-5/
+    stable-diffusion-inpainting`: the UNet also takes the mask (1) and the masked image's latents
+    (4), and the folder is saved as a `StableDiffusionInpaintPipeline`.
     """
     import diffusers
     import torch
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        StableDiffusionInpaintPipeline,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     folder = Path(folder)
     torch.manual_seed(seed)  # weights only; generation uses per-image generators
+    if in_channels not in (4, 9):
+        raise ValueError(f"in_channels must be 4 (text-to-image) or 9 (inpainting), got {in_channels}")
     unet = UNet2DConditionModel(
         sample_size=sample_size,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         layers_per_block=1,
         block_out_channels=block_out_channels,
@@ -135,7 +146,8 @@ def tiny_stable_diffusion(
     sched_kwargs.update({k: v for k, v in (("steps_offset", 1), ("clip_sample", False)) if k in accepted})
     sched_kwargs.update(extra_scheduler_config or {})
     sched = sched_cls(**sched_kwargs)
-    pipe = StableDiffusionPipeline(
+    pipe_cls = StableDiffusionInpaintPipeline if in_channels == 9 else StableDiffusionPipeline
+    pipe = pipe_cls(
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
         tokenizer=tokenizer,

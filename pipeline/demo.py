@@ -87,6 +87,27 @@ images_per_prompt = 6
 batch_size = 8
 unit_size = 16
 
+# Aligned fakes: made from the photos themselves (same content, framing and size), through the
+# autoencoder alone and by image-to-image at a strength drawn per image.
+[[generators]]
+name = "tiny-sd-a-vae"
+family = "stable_diffusion"
+model = "{models}/tiny-sd-a"
+mode = "vae_roundtrip"
+size = [64, 64]
+batch_size = 16
+
+[[generators]]
+name = "tiny-sd-a-img2img"
+family = "stable_diffusion"
+model = "{models}/tiny-sd-a"
+mode = "img2img"
+steps = 8
+guidance = 3.0
+size = [64, 64]
+batch_size = 16
+aligned = {{ strength = {{ min = 0.4, max = 0.8 }} }}
+
 # The photos are JPEGs and the generated images PNGs: the bias audit shows a classifier of the
 # format alone telling them apart; re-encoding both the same way removes that shortcut.
 [curation.normalize]

@@ -384,17 +384,23 @@ def test_row_order_invariance_and_seed_matters() -> None:
     assert a != c
 
 
-def test_group_shared_by_labels_decided_by_generated() -> None:
+def test_groups_are_cut_per_label_mix() -> None:
+    """Groups with only generated, only real, and both kinds of images are three strata, each cut
+    by the fractions as if it were alone: every split gets its share of each."""
     gen = [(f"g{k}", "gen", 1, None, f"class{k}") for k in range(20)]
     real = [(f"r{k}", "real", 0, None, f"class{k}") for k in range(10, 40)]
     fr = (0.5, 0.25, 0.25)
     both = {r["group"]: r["split"] for r in assign_splits(split_rows(gen + real), "class", fr, 4).to_pylist()}
-    gen_only = {r["group"]: r["split"] for r in assign_splits(split_rows(gen), "class", fr, 4).to_pylist()}
-    # Real-only groups (class20..39) are cut on their own, as if the shared ones were absent.
-    real_only = [r for r in real if int(r[4][5:]) >= 20]
-    cut_real = {r["group"]: r["split"] for r in assign_splits(split_rows(real_only), "class", fr, 4).to_pylist()}
-    assert {g: both[g] for g in gen_only} == gen_only
-    assert {g: both[g] for g in cut_real} == cut_real
+
+    def alone(recs):
+        return {r["group"]: r["split"] for r in assign_splits(split_rows(recs), "class", fr, 4).to_pylist()}
+
+    gen_only = alone([r for r in gen if int(r[4][5:]) < 10])
+    real_only = alone([r for r in real if int(r[4][5:]) >= 20])
+    mixed = alone([r for r in gen + real if 10 <= int(r[4][5:]) < 20])
+    for cut in (gen_only, real_only, mixed):
+        assert {g: both[g] for g in cut} == cut
+        assert sorted(cut.values()).count("test") == len(cut) // 4
 
 
 @pytest.mark.parametrize(

@@ -35,17 +35,21 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_demo_runs_every_stage_and_prints_table(demo: tuple[Path, str]) -> None:
     out, printed = demo
     assert "random-weight stand-ins" in printed
-    assert "generator  n_real  n_fake  ACC@0.5" in printed
-    for gen in ("tiny-sd-a", "tiny-sd-b", "all"):
-        assert any(line.startswith(gen) for line in printed.splitlines())
+    assert "n_real  n_fake  ACC@0.5" in printed
+    gens = ("tiny-sd-a", "tiny-sd-b", "tiny-sd-a-vae", "tiny-sd-a-img2img")
+    for gen in (*gens, "all"):
+        assert any(line.startswith(gen + " ") for line in printed.splitlines())
     counts = row_counts(out)
-    assert sum(n for k, n in counts.items() if k.startswith("images/tiny-sd-a")) == 48
+    assert sum(n for k, n in counts.items() if k.startswith("images/tiny-sd-a/")) == 48
+    # aligned fakes: one per photo for each mode
+    assert sum(n for k, n in counts.items() if k.startswith("images/tiny-sd-a-vae/")) == 96
+    assert sum(n for k, n in counts.items() if k.startswith("images/tiny-sd-a-img2img/")) == 96
     assert sum(n for k, n in counts.items() if k.startswith("images/tiny-sd-b")) == 48
     assert sum(n for k, n in counts.items() if k.startswith("images/photos")) == 96
-    assert sum(n for k, n in counts.items() if k.startswith("features/lare-")) == 192
+    assert sum(n for k, n in counts.items() if k.startswith("features/lare-")) == 384
     metrics = pq.read_table(next(out.glob("detectors/logreg-*/metrics.parquet"))).to_pylist()
     test_gens = sorted(r["generator"] for r in metrics if r["split"] == "test")
-    assert test_gens == ["all", "tiny-sd-a", "tiny-sd-b"]
+    assert test_gens == sorted(["all", *gens])  # the aligned fakes are sources of their own
     for name in ("model.pkl", "predictions.parquet", "metrics.csv", "report.md"):
         assert next(out.glob(f"detectors/logreg-*/{name}")).stat().st_size > 0
 
@@ -64,14 +68,14 @@ def test_demo_stores_every_feature_and_the_anomaly_score(demo: tuple[Path, str],
     out, printed = demo
     counts = row_counts(out)
     for feature in ("lare", "dnf", "code", "dire", "anomaly", "clip_rn50"):
-        assert sum(n for k, n in counts.items() if k.startswith(f"features/{feature}-") and "/shard-" in k) == 192, feature
+        assert sum(n for k, n in counts.items() if k.startswith(f"features/{feature}-") and "/shard-" in k) == 384, feature
     scores = pq.read_table(next(out.glob("features/anomaly-*/anomaly_scores.parquet"))).to_pylist()
-    assert sorted(r["generator"] for r in scores) == ["tiny-sd-a", "tiny-sd-b"]
-    assert all(0 < r["anomaly_score"] <= 1 and r["n_real"] == r["n_generated"] == 48 for r in scores)
+    assert sorted(r["generator"] for r in scores) == ["tiny-sd-a", "tiny-sd-a-img2img", "tiny-sd-a-vae", "tiny-sd-b"]
+    assert all(0 < r["anomaly_score"] <= 1 and r["n_real"] == r["n_generated"] for r in scores)
     assert "Anomaly Score per generator" in printed
     assert main(["features", str(out)]) == 0
     listing = capsys.readouterr().out
-    assert "layer3" in listing and "(128, 4, 4)" in listing and "192 rows" in listing
+    assert "layer3" in listing and "(128, 4, 4)" in listing and "384 rows" in listing
 
 
 def test_generated_rows_carry_provenance(demo: tuple[Path, str]) -> None:
@@ -95,7 +99,7 @@ def test_datasets_loads_demo_images(demo: tuple[Path, str], tmp_path: Path) -> N
         "parquet", data_files=str(out / "images" / "**" / "*.parquet"), split="train",
         cache_dir=str(tmp_path / "hf-cache"),
     )
-    assert len(ds) == 192
+    assert len(ds) == 384
     assert sorted(set(ds["label"])) == [0, 1]
     assert isinstance(ds[0]["image"], Image.Image) and ds[0]["image"].size == (64, 64)
 
@@ -116,9 +120,10 @@ def test_status_reports_every_stage_done(demo: tuple[Path, str], capsys: pytest.
     assert main(["status", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()[1:]
     stages = [ln.split()[0] for ln in lines]
-    assert stages[:4] == ["ingest/photos", "prompts", "generate/tiny-sd-a", "generate/tiny-sd-b"]
+    assert stages[:6] == ["ingest/photos", "prompts", "generate/tiny-sd-a", "generate/tiny-sd-b",
+                          "aligned/tiny-sd-a-vae", "aligned/tiny-sd-a-img2img"]
     curation = ["hash", "dedupe", "pair", "measure", "normalize-plan", "normalize", "audit", "split"]
-    assert stages[4:12] == curation
+    assert stages[6:14] == curation
     assert "features/lare+dnf+code+dire+anomaly+clip_rn50" in stages and "detect/logreg" in stages
     assert "report/anomaly" in stages
     assert all(ln.rstrip().endswith("done") and "incomplete" not in ln for ln in lines)
@@ -134,4 +139,4 @@ def test_demo_writes_a_bias_audit_that_normalization_clears(demo: tuple[Path, st
     report = (out / "curation" / "bias_audit.md").read_text(encoding="utf-8")
     assert "format-only AUC" in report and "## after" in report
     formats = {r["image_id"]: r["format"] for r in pq.read_table(out / "curation" / "measures_normalized").to_pylist()}
-    assert len(formats) == 192 and set(formats.values()) == {"JPEG"}
+    assert len(formats) == 384 and set(formats.values()) == {"JPEG"}

@@ -91,7 +91,7 @@ class AlignedStage(Stage):
         settings = [draw(gen, s) for s in seeds]
         numbers = [al.draw_aligned(gen.aligned, s) for s in seeds]
         on_gpu = not resolve_device(gen.device).startswith("cpu")
-        rows: list[dict[str, Any] | None] = [None] * len(reals)
+        rows: list[Any] = [None] * len(reals)  # futures of the rows
         bad: list[dict[str, str]] = []
         stats = {"oom_retries": 0}
         provenance: dict[str, Any] = {}
@@ -121,14 +121,17 @@ class AlignedStage(Stage):
                          [b["prompt"] for _, b in batch], [seeds[i] for i, _ in batch]],
                         stats,
                     )
-                    for (i, b), fake in zip(batch, fakes, strict=True):
-                        if gen.aligned.paste_back and b["mask"] is not None:
-                            fake = al.paste_back(fake, b["parent"], b["mask"])
-                        rows[i] = self._row(reals[i], b, fake, seeds[i], st, strength, prov)
+                    if gen.aligned.paste_back:
+                        fakes = [al.paste_back(f, b["parent"], b["mask"]) if b["mask"] is not None else f
+                                 for (_, b), f in zip(batch, fakes, strict=True)]
+                    # measured where the model runs (cheap there), encoded in the pool (overlapped)
+                    metrics = al.change_metrics([b["parent"] for _, b in batch], fakes, getattr(state, "device", "cpu"))
+                    for (i, b), fake, m in zip(batch, fakes, metrics, strict=True):
+                        rows[i] = pool.submit(self._row, reals[i], b, fake, m, seeds[i], st, strength, prov)
+        done = [r.result() for r in rows if r is not None]
         if bad:
             qpath = self.ctx.run.quarantine / "aligned" / gen.name / Path(unit.output).name
             write_shard(pa.Table.from_pylist(bad, schema=QUARANTINE.arrow), qpath, QUARANTINE, unit.producer)
-        done = [r for r in rows if r is not None]
         table = pa.Table.from_pylist(done, schema=IMAGES.arrow)
         first = {**next(iter(provenance.values()), {}), "schedulers": sorted(provenance), "mode": mode}
         write_shard(table, unit.output, IMAGES, unit.producer,
@@ -166,15 +169,14 @@ class AlignedStage(Stage):
         prompt = al.prompt_for(cfg, real["prompt"], real["class_name"], other)
         return {"parent": parent, "mask": mask, "prompt": prompt, "box": box}
 
-    def _row(self, real: dict[str, Any], b: dict[str, Any], fake: Any, seed: int, st: Settings,
-             strength: float, prov: dict[str, Any]) -> dict[str, Any]:
-        from aigi.generators._aligned import change_metrics, mask_area
+    def _row(self, real: dict[str, Any], b: dict[str, Any], fake: Any, metrics: dict[str, float], seed: int,
+             st: Settings, strength: float, prov: dict[str, Any]) -> dict[str, Any]:
+        from aigi.generators._aligned import mask_area
         from aigi.prompts.table import prompt_id
 
         gen, mode = self.gen, self.gen.mode
         data = encode_png(fake)
         image_id = content_id("aligned", self._fp, real["image_id"], seed)
-        metrics = change_metrics(b["parent"], fake)
         sampled = mode in SAMPLED
         return {
             **dict.fromkeys(IMAGES.arrow.names),
@@ -192,9 +194,7 @@ class AlignedStage(Stage):
             "class_name": real["class_name"],
             "model": prov["model"],
             "revision": prov["revision"],
-            # the loaded pipeline; a sampled mode runs its inpainting / image-to-image sibling
-            # (diffusers' from_pipe, same components), `aligned_mode` says which
-            "pipeline": prov["pipeline"],
+            "pipeline": prov["pipeline"],  # what made the fake (an inpainting pipeline, a VAE)
             "scheduler": prov["scheduler"] if sampled else None,
             "scheduler_config": prov["scheduler_config"] if sampled else None,
             "steps": st.steps if sampled else None,

@@ -21,7 +21,7 @@ from aigi.pipeline.stage import Stage, Unit
 from aigi.pipeline.stages.common import image_shards, producer_of
 
 SPLIT_COLUMNS = ["image_id", "source", "label", "prompt_id", "class_name"]
-SPLIT_VERSION = 2  # v2: pairs, hold-out, near-duplicate audit
+SPLIT_VERSION = 3  # v3: strata by the labels a group holds
 
 
 class SplitStage(Stage):
