@@ -28,6 +28,14 @@ def tiny_sd(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def tiny_inpaint(tmp_path_factory) -> Path:
+    """An inpainting checkpoint (9-channel UNet): what `regenerate` needs."""
+    from aigi.generators.tiny import tiny_stable_diffusion
+
+    return tiny_stable_diffusion(tmp_path_factory.mktemp("sd-inpaint"), seed=6, in_channels=9)
+
+
+@pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
     """A Parquet source: JPEG photos with a caption, a class and an object box each."""
     path = tmp_path_factory.mktemp("objects") / "objects.parquet"
@@ -45,7 +53,7 @@ def photos(tmp_path_factory) -> Path:
     return path
 
 
-def config(out: Path, photos: Path, model: Path) -> dict:
+def config(out: Path, photos: Path, model: Path, inpaint_model: Path) -> dict:
     entry = {"family": "stable_diffusion", "model": str(model), "size": [SIZE, SIZE], "steps": 2,
              "guidance": 2.0, "batch_size": 3}
     aligned = {"fit": "centre_crop", "min_side": 24}
@@ -59,6 +67,7 @@ def config(out: Path, photos: Path, model: Path) -> dict:
             {**entry, "name": "box", "mode": "inpaint",
              "aligned": {**aligned, "mask": "box", "paste_back": True, "prompt": "other_class"}},
             {**entry, "name": "object", "mode": "inpaint", "aligned": {**aligned, "mask": "source", "prompt": "class"}},
+            {**entry, "name": "regen", "model": str(inpaint_model), "mode": "regenerate", "aligned": aligned},
         ],
         "curation": {"pair": {"by": "parent"}, "normalize": {"format": "per_pair"}, "split": {"by": "pair"}},
     }
@@ -82,9 +91,9 @@ def centre_crop_resized(img: Image.Image, size: int) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def done(tmp_path_factory, photos, tiny_sd) -> Path:
+def done(tmp_path_factory, photos, tiny_sd, tiny_inpaint) -> Path:
     out = tmp_path_factory.mktemp("run") / "run"
-    run(parse_config(fixed(config(out, photos, tiny_sd))), serial=True, stream=io.StringIO())
+    run(parse_config(fixed(config(out, photos, tiny_sd, tiny_inpaint))), serial=True, stream=io.StringIO())
     return out
 
 
@@ -96,7 +105,9 @@ def test_every_mode_makes_one_fake_per_usable_real_with_its_record(done: Path) -
     reals = {r["image_id"]: r for r in rows(done / "images" / "objects")}
     usable = {i for i, r in reals.items() if min(r["width"], r["height"]) >= 24}
     assert len(usable) == 4
-    for name, mode in (("vae", "vae_roundtrip"), ("i2i", "img2img"), ("box", "inpaint"), ("object", "inpaint")):
+    modes = (("vae", "vae_roundtrip"), ("i2i", "img2img"), ("box", "inpaint"), ("object", "inpaint"),
+             ("regen", "regenerate"))
+    for name, mode in modes:
         fakes = rows(done / "images" / name)
         assert {f["parent_id"] for f in fakes} == usable and len(fakes) == 4, name
         for f in fakes:
@@ -113,9 +124,11 @@ def test_every_mode_makes_one_fake_per_usable_real_with_its_record(done: Path) -
             assert all(0.5 <= f["strength"] <= 0.9 for f in fakes) and len({f["strength"] for f in fakes}) > 1
         if name == "vae":
             assert all(f["steps"] is None and f["scheduler"] is None for f in fakes)
+        if name == "regen":  # the whole image regenerated, conditioned on itself (empty mask)
+            assert all(f["strength"] == 1.0 and f["mask_area"] == 0.0 and f["psnr"] < 60 for f in fakes)
     # the too-small real is in the quarantine with its reason, once per entry
     q = pq.read_table(done / "quarantine" / "aligned").to_pylist()
-    assert len(q) == 4 and all(r["reason"].startswith("too small for the size policy: 20x16") for r in q)
+    assert len(q) == 5 and all(r["reason"].startswith("too small for the size policy: 20x16") for r in q)
 
 
 def test_paste_back_keeps_the_fitted_parent_outside_the_mask(done: Path) -> None:
@@ -176,8 +189,9 @@ def test_parents_drive_pairs_splits_and_per_pair_encoding(done: Path) -> None:
     assert "Frequency parity" in (done / "curation" / "bias_audit.md").read_text(encoding="utf-8")
 
 
-def test_same_config_elsewhere_gives_the_same_bytes(done: Path, tmp_path: Path, photos: Path, tiny_sd: Path) -> None:
-    raw = fixed(config(tmp_path / "again", photos, tiny_sd))
+def test_same_config_elsewhere_gives_the_same_bytes(done: Path, tmp_path: Path, photos: Path, tiny_sd: Path,
+                                                     tiny_inpaint: Path) -> None:
+    raw = fixed(config(tmp_path / "again", photos, tiny_sd, tiny_inpaint))
     raw["generators"] = raw["generators"][1:3]  # the sampled modes: seeds and masks from the rows
     run(parse_config(raw), serial=True, stream=io.StringIO())
     for name in ("i2i", "box"):
