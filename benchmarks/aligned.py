@@ -242,7 +242,7 @@ def main() -> int:
     p.add_argument("--model", default="", help="model id or folder, or sd15-sized (default: a tiny random-weight SD)")
     p.add_argument("--inpaint-model", default="", help="an inpainting checkpoint for regenerate (with a real --model)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
-    p.add_argument("--n", type=int, default=64, help="real photos, one fake each per mode")
+    p.add_argument("--n", type=int, default=256, help="real photos, one fake each per mode")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--unit", type=int, default=32, help="reals per shard (an aigi work unit)")
     p.add_argument("--steps", type=int, default=8)

@@ -332,19 +332,15 @@ class PipelineGenerator(Generator):
 
     @contextmanager
     def _vae_precision(self) -> Iterator[Any]:
-        """The autoencoder, in float32 while it runs when its config asks (`force_upcast`: SDXL's
-        VAE overflows in float16), as diffusers' SDXL pipelines do; cast back afterwards."""
+        """The autoencoder, in float32 when its config asks (`force_upcast`: SDXL's VAE overflows
+        in float16). Cast once and kept: an aligned entry never runs the text-to-image path, and
+        diffusers' own pipelines skip their per-call upcast when the VAE already is float32."""
         import torch
 
         vae = self._autoencoder()
-        upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
-        if upcast:
+        if _param(vae).dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False)):
             vae.to(dtype=torch.float32)
-        try:
-            yield vae
-        finally:
-            if upcast:
-                vae.to(dtype=torch.float16)
+        yield vae
 
     def _roundtrip(self, vae: Any, kind: str, parents: list[Image.Image], seeds: list[int]) -> list[Image.Image]:
         """decode(encode(x)) for one batch. The latent scaling and shift factors are NOT applied:
@@ -362,7 +358,8 @@ class PipelineGenerator(Generator):
             proc = getattr(self.pipe, "image_processor", None)
             if not isinstance(proc, VaeImageProcessor):  # e.g. DiTPipeline has none
                 proc = VaeImageProcessor(vae_scale_factor=factor)
-        x = proc.preprocess(parents, height=height, width=width).to(device=vae.device, dtype=vae.dtype)
+        p = _param(vae)  # `vae.dtype` / `.device` walk every submodule: too slow per batch
+        x = proc.preprocess(parents, height=height, width=width).to(device=p.device, dtype=p.dtype)
         if kind == "vq":
             # The encoder's latents, decoded unquantized: Kandinsky's UNet works in that space and
             # its pipelines decode with force_not_quantize=True, so fakes carry this decoder trace.
@@ -388,3 +385,8 @@ def generators(seeds: list[int]) -> list[Any]:
     import torch
 
     return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+
+def _param(module: Any) -> Any:
+    """A parameter of `module`: its dtype and device are the module's (one dtype, one device)."""
+    return next(module.parameters())
