@@ -1,6 +1,7 @@
 """Released-size architectures with random weights, for throughput at the real cost.
 
-A helper of `features.py --size real` and `generate.py --model sd15-sized`, not a benchmark.
+A helper of `features.py --size real`, `generate.py --model sd15-sized` and `aligned.py --model
+sd15-sized`, not a benchmark.
 
 Each builder writes a folder in the layout of the released model's hub repository and returns it;
 the cost per image equals the real weights'. Nothing is downloaded; the tokenizer is the offline
@@ -11,6 +12,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+
+def cuda_sync(device: str) -> None:
+    """Wait for queued CUDA work, so a timer reads the GPU's time too (a no-op elsewhere)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def peak_gpu_gib(device: str) -> float | None:
+    """Peak GPU memory allocated by this process, in GiB (None off CUDA)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2)
 
 
 def sd15(folder: Path) -> Path:
@@ -35,6 +53,37 @@ def sd15(folder: Path) -> Path:
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )).save_pretrained(folder / "text_encoder")
     DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").save_pretrained(folder / "scheduler")
+    return folder
+
+
+def sd15_pipeline(folder: Path, in_channels: int = 4) -> Path:
+    """A Stable Diffusion 1.5-sized pipeline (the parts of `sd15`) saved as one diffusers folder;
+    `in_channels = 9` is the inpainting UNet (stable-diffusion-inpainting's shape)."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionInpaintPipeline,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    parts = sd15(folder / "parts")
+    unet = UNet2DConditionModel.from_pretrained(parts / "unet")
+    if in_channels != unet.config.in_channels:
+        torch.manual_seed(1)
+        unet = UNet2DConditionModel.from_config({**unet.config, "in_channels": in_channels})
+    cls = StableDiffusionInpaintPipeline if in_channels == 9 else StableDiffusionPipeline
+    cls(
+        vae=AutoencoderKL.from_pretrained(parts / "vae"),
+        unet=unet,
+        text_encoder=CLIPTextModel.from_pretrained(parts / "text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(parts / "tokenizer"),
+        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(folder)
     return folder
 
 

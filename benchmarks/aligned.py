@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+from _real_models import cuda_sync, peak_gpu_gib  # noqa: E402 - benchmarks/_real_models.py, a helper
 
 MODES = ("vae_roundtrip", "regenerate", "inpaint", "img2img")
 CLASSES = ["tench", "goldfish", "tree frog", "goldfinch", "volcano", "daisy", "lemon", "espresso"]
@@ -133,13 +135,13 @@ def plain_loop(args: argparse.Namespace, mode: str, model: str, blobs: list[byte
 
     with torch.inference_mode():  # warm-up, so the baseline is not charged first-call costs
         batch(0)
-    _sync(device)
+    cuda_sync(device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         for lo in range(0, len(blobs), args.batch):
             for im in batch(lo):
                 im.save(io.BytesIO(), format="PNG")
-    _sync(device)
+    cuda_sync(device)
     return load, time.perf_counter() - t0
 
 
@@ -190,51 +192,14 @@ def build_models(args: argparse.Namespace, tmp: Path) -> dict[str, str]:
         return {"text": str(tiny_stable_diffusion(tmp / "tiny-sd")),
                 "inpaint": str(tiny_stable_diffusion(tmp / "tiny-sd-inpaint", in_channels=9))}
     if args.model == "sd15-sized":
-        return {"text": str(sd15_sized(tmp / "sd15-sized", 4)), "inpaint": str(sd15_sized(tmp / "sd15-sized-inpaint", 9))}
+        sys.path.insert(0, str(Path(__file__).parent))
+        from _real_models import sd15_pipeline  # benchmarks/_real_models.py (a helper)
+
+        return {"text": str(sd15_pipeline(tmp / "sd15-sized", 4)),
+                "inpaint": str(sd15_pipeline(tmp / "sd15-sized-inpaint", 9))}
     if "regenerate" in args.modes and not args.inpaint_model:
         raise SystemExit("--inpaint-model is needed for regenerate with a real --model")
     return {"text": args.model, "inpaint": args.inpaint_model}
-
-
-def sd15_sized(folder: Path, in_channels: int) -> Path:
-    """A Stable Diffusion 1.5-sized pipeline with random weights (same cost as the real one);
-    `in_channels = 9` is the inpainting UNet (stable-diffusion-inpainting's shape)."""
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionInpaintPipeline,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _real_models import sd15  # benchmarks/_real_models.py (a helper, not a benchmark)
-
-    parts = sd15(folder / "parts")
-    unet = UNet2DConditionModel.from_pretrained(parts / "unet")
-    if in_channels != unet.config.in_channels:
-        torch.manual_seed(1)
-        unet = UNet2DConditionModel.from_config({**unet.config, "in_channels": in_channels})
-    cls = StableDiffusionInpaintPipeline if in_channels == 9 else StableDiffusionPipeline
-    cls(
-        vae=AutoencoderKL.from_pretrained(parts / "vae"),
-        unet=unet,
-        text_encoder=CLIPTextModel.from_pretrained(parts / "text_encoder"),
-        tokenizer=CLIPTokenizer.from_pretrained(parts / "tokenizer"),
-        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                clip_sample=False, set_alpha_to_one=False, steps_offset=1),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    ).save_pretrained(folder)
-    return folder
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
 
 
 def main() -> int:
@@ -286,11 +251,7 @@ def main() -> int:
     for mode, r in results.items():
         print(f"{mode:<15}{r['plain_load_s']:>11.2f}{n / r['plain_s']:>12.2f}{r['aigi_load_s']:>10.2f}"
               f"{n / r['aigi_s']:>11.2f}{r['plain_s'] / r['aigi_s']:>7.2f}")
-    peak = None
-    if device.startswith("cuda"):
-        import torch
-
-        peak = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    peak = peak_gpu_gib(device)
     print(json.dumps({
         "benchmark": "aligned", "device": device, "model": args.model or "tiny", "n": n, "size": args.size,
         "steps": args.steps, "guidance": args.guidance, "strength": args.strength, "batch": args.batch,

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+from _real_models import cuda_sync, peak_gpu_gib  # noqa: E402 - benchmarks/_real_models.py, a helper
 
 
 def bare_loop(args: argparse.Namespace, model: str, prompts: list[str], device: str) -> tuple[float, float]:
@@ -38,7 +40,7 @@ def bare_loop(args: argparse.Namespace, model: str, prompts: list[str], device: 
     load = time.perf_counter() - t0
     with torch.inference_mode():  # warm-up, so the baseline is not charged first-call costs
         pipe(prompts[:1], num_inference_steps=args.steps, width=args.size, height=args.size)
-    _sync(device)
+    cuda_sync(device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         for lo in range(0, len(prompts), args.batch):
@@ -50,7 +52,7 @@ def bare_loop(args: argparse.Namespace, model: str, prompts: list[str], device: 
             ).images
             for im in images:
                 im.save(io.BytesIO(), format="PNG")
-    _sync(device)
+    cuda_sync(device)
     return load, time.perf_counter() - t0
 
 
@@ -79,13 +81,6 @@ def aigi_stage(args: argparse.Namespace, model: str, classes: list[str], device:
     [res] = run_stages([GenerateStage(ctx, cfg.generators[0])], SerialExecutor(), ctx.run.logs, sink)
     load = sum(s["setup_s"] for s in res.summaries)
     return load, res.seconds - load
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
 
 
 def main() -> int:
@@ -117,7 +112,10 @@ def main() -> int:
 
             model = str(tiny_stable_diffusion(Path(tmp) / "tiny-sd"))
         elif model == "sd15-sized":
-            model = str(sd15_sized(Path(tmp) / "sd15-sized"))
+            sys.path.insert(0, str(Path(__file__).parent))
+            from _real_models import sd15_pipeline  # benchmarks/_real_models.py (a helper)
+
+            model = str(sd15_pipeline(Path(tmp) / "sd15-sized"))
         bare_load, bare_s = bare_loop(args, model, prompts, device)
         aigi_load, aigi_s = aigi_stage(args, model, classes, device, Path(tmp) / "run")
     n = len(prompts)
@@ -127,11 +125,7 @@ def main() -> int:
     print(f"{'bare diffusers loop':<22}{bare_load:>8.2f}{bare_s:>9.2f}{n / bare_s:>10.2f}")
     print(f"{'aigi generate stage':<22}{aigi_load:>8.2f}{aigi_s:>9.2f}{n / aigi_s:>10.2f}")
     print(f"aigi / bare throughput: {bare_s / aigi_s:.2f}")
-    peak = None
-    if device.startswith("cuda"):
-        import torch
-
-        peak = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    peak = peak_gpu_gib(device)
     print(json.dumps({
         "benchmark": "generate", "device": device, "model": args.model or "tiny", "n": n, "size": args.size,
         "steps": args.steps, "guidance": args.guidance, "batch": args.batch, "dtype": args.dtype,
@@ -139,31 +133,6 @@ def main() -> int:
         "ratio": round(bare_s / aigi_s, 3), "peak_gpu_memory_gib": peak, "compile": args.compile,
     }))
     return 0
-
-
-def sd15_sized(folder: Path) -> Path:
-    """A Stable Diffusion 1.5-sized pipeline with random weights (same cost as the real one)."""
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _real_models import sd15  # benchmarks/_real_models.py (a helper, not a benchmark)
-
-    parts = sd15(folder / "parts")
-    StableDiffusionPipeline(
-        vae=AutoencoderKL.from_pretrained(parts / "vae"),
-        unet=UNet2DConditionModel.from_pretrained(parts / "unet"),
-        text_encoder=CLIPTextModel.from_pretrained(parts / "text_encoder"),
-        tokenizer=CLIPTokenizer.from_pretrained(parts / "tokenizer"),
-        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    ).save_pretrained(folder)
-    return folder
 
 
 if __name__ == "__main__":

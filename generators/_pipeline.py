@@ -278,20 +278,9 @@ class PipelineGenerator(Generator):
         seeds: list[int], settings: Settings, strength: float,
     ) -> list[Image.Image]:
         negative = settings.negative_prompt if "negative_prompt" in self.honours else ""
-        call: dict[str, Any] = {
-            "prompt": list(prompts),
-            "image": list(parents),
-            "mask_image": list(masks),
-            "strength": strength,
-            # "" means none: diffusers' None (SDXL's zero embedding, as the sdxl family does)
-            "negative_prompt": [negative] * len(prompts) if negative else None,
-            "num_inference_steps": settings.steps,
-            "guidance_scale": settings.guidance,
-            "width": settings.width,
-            "height": settings.height,
-            "generator": generators(seeds),
-            "output_type": "pil",
-        }
+        call = call_arguments(prompts, seeds, settings, image=list(parents), mask_image=list(masks), strength=strength)
+        # "" means none: diffusers' None (SDXL's zero embedding, as the sdxl family does)
+        call["negative_prompt"] = [negative] * len(prompts) if negative else None
         if getattr(self, "_max_sequence_length", None):  # Flux: the T5 length its text path uses
             call["max_sequence_length"] = self._max_sequence_length
         call = {k: v for k, v in call.items() if k in accepts}
@@ -378,6 +367,23 @@ def _call_arguments(pipe: Any) -> frozenset[str]:
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     params = inspect.signature(type(pipe).__call__).parameters
     return frozenset(n for n, p in params.items() if p.kind in named and n != "self")
+
+
+def call_arguments(prompts: list[str], seeds: list[int], settings: Settings, **more: Any) -> dict[str, Any]:
+    """The keyword arguments of one diffusers pipeline call for a batch: prompts, the drawn
+    settings, one CPU generator per image, PIL output; `more` adds or overrides (a caller keeps
+    the ones its pipeline's `__call__` names)."""
+    return {
+        "prompt": list(prompts),
+        "negative_prompt": [settings.negative_prompt] * len(prompts),
+        "num_inference_steps": settings.steps,
+        "guidance_scale": settings.guidance,
+        "width": settings.width,
+        "height": settings.height,
+        "generator": generators(seeds),
+        "output_type": "pil",
+        **more,
+    }
 
 
 def generators(seeds: list[int]) -> list[Any]:

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aigi.core.configtools import Invalid
-from aigi.generators._pipeline import PipelineGenerator, generators
+from aigi.generators._pipeline import PipelineGenerator, call_arguments
 from aigi.generators.base import GeneratorConfig
 from aigi.generators.settings import Settings
 
@@ -170,16 +170,7 @@ class Generic(PipelineGenerator):
     def _batch(
         self, prompts: list[str], class_ids: list[int | None], seeds: list[int], settings: Settings
     ) -> list[Image.Image]:
-        candidates: dict[str, Any] = {
-            "prompt": list(prompts),
-            "negative_prompt": [settings.negative_prompt] * len(prompts),
-            "num_inference_steps": settings.steps,
-            "guidance_scale": settings.guidance,
-            "width": settings.width,
-            "height": settings.height,
-            "generator": generators(seeds),
-            "output_type": "pil",
-        }
+        candidates = call_arguments(prompts, seeds, settings)
         out = self.pipe(**{k: v for k, v in candidates.items() if k in self._accepts})
         if len(out.images) != len(prompts):
             raise RuntimeError(

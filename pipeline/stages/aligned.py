@@ -23,9 +23,9 @@ from aigi.manifests.ids import content_id, derive_seed, fingerprint, sha256_byte
 from aigi.manifests.imagebytes import encode_png
 from aigi.manifests.schema import IMAGES, QUARANTINE
 from aigi.manifests.shards import read_shard, read_shards, write_shard
-from aigi.pipeline.stage import RunContext, Stage, Unit
+from aigi.pipeline.stage import RunContext, Unit
 from aigi.pipeline.stages.common import planned_outputs, producer_of, shard_index
-from aigi.pipeline.stages.generate import halving_on_oom
+from aigi.pipeline.stages.generate import GeneratorStage, halving_on_oom
 
 ALIGNED_VERSION = 1
 PARENT_COLUMNS = ["image_id", "image", "prompt", "class_id", "class_name", "mask"]
@@ -34,15 +34,12 @@ DECODE_THREADS = 8  # PNG encoding of a 512² fake takes ~30 ms of CPU: the GPU 
 SAMPLED = ("regenerate", "inpaint", "img2img")
 
 
-class AlignedStage(Stage):
+class AlignedStage(GeneratorStage):
     name = "aligned"
-    gpu = True
 
     def __init__(self, ctx: RunContext, gen: GeneratorConfig) -> None:
-        super().__init__(ctx)
-        self.gen = gen
+        super().__init__(ctx, gen)
         self.parent = gen.aligned.parent or ctx.config.reals[0].name
-        self._fp = gen.fingerprint()
 
     @property
     def label(self) -> str:
@@ -67,19 +64,6 @@ class AlignedStage(Stage):
         """The source's classes, for prompts of another class than the parent's (B-Free)."""
         names = read_shards(shards, IMAGES, columns=["class_name"]).column("class_name").drop_null()
         return sorted(set(names.to_pylist()))
-
-    def setup_key(self) -> str:
-        return f"generator:{self.gen.name}:{self._fp}"
-
-    def device_request(self) -> str:
-        return self.gen.device
-
-    def setup(self, device: str) -> Generator:
-        from aigi.generators.registry import get
-
-        generator = get(self.gen.family)(self.gen)
-        generator.load(device)
-        return generator
 
     def process(self, unit: Unit, state: Generator) -> dict[str, Any]:
         from aigi.generators import _aligned as al

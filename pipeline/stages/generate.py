@@ -29,14 +29,32 @@ PROMPT_COLUMNS = ["prompt_id", "prompt", "class_id", "class_name"]
 ENCODE_THREADS = 4
 
 
-class GenerateStage(Stage):
-    name = "generate"
+class GeneratorStage(Stage):
+    """A stage that runs one configured generator: its model loads once per worker and stays."""
+
     gpu = True
 
     def __init__(self, ctx: RunContext, gen: GeneratorConfig) -> None:
         super().__init__(ctx)
         self.gen = gen
         self._fp = gen.fingerprint()  # resolves the weights once (a folder's hash)
+
+    def setup_key(self) -> str:
+        return f"generator:{self.gen.name}:{self._fp}"
+
+    def device_request(self) -> str:
+        return self.gen.device
+
+    def setup(self, device: str) -> Generator:
+        from aigi.generators.registry import get
+
+        generator = get(self.gen.family)(self.gen)
+        generator.load(device)
+        return generator
+
+
+class GenerateStage(GeneratorStage):
+    name = "generate"
 
     @property
     def label(self) -> str:
@@ -55,19 +73,6 @@ class GenerateStage(Stage):
             return None  # the prompts come from a real source not yet ingested
         n = len(build_prompt_table(self.ctx.config.prompts)) * self.gen.images_per_prompt
         return -(-n // self.gen.unit_size), n
-
-    def setup_key(self) -> str:
-        return f"generator:{self.gen.name}:{self._fp}"
-
-    def device_request(self) -> str:
-        return self.gen.device
-
-    def setup(self, device: str) -> Generator:
-        from aigi.generators.registry import get
-
-        generator = get(self.gen.family)(self.gen)
-        generator.load(device)
-        return generator
 
     def process(self, unit: Unit, state: Generator) -> dict[str, Any]:
         items = read_items(unit.payload)
