@@ -16,7 +16,9 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 # Infrastructure modules that live beside the entries but are not entries.
-RESERVED = frozenset({"base", "registry", "tiny", "store", "metrics", "report", "preprocess", "settings"})
+RESERVED = frozenset({
+    "base", "registry", "tiny", "store", "metrics", "report", "preprocess", "settings", "data", "protocols", "plots",
+})
 
 
 class UnknownEntry(KeyError):

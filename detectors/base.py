@@ -1,19 +1,35 @@
 """The Detector interface: a head trained on cached features (scikit-learn conventions).
 
 A detector is one file in `detectors/` (file name = registry key = `[detectors.<name>]` table)
-defining one `Detector` subclass with a frozen `Config` dataclass whose `feature` names the
-feature extractor it reads. Constructors store; `fit` works and returns self; objects pickle.
+defining one `Detector` subclass with a frozen `Config` dataclass. Its inputs are feature columns
+named "<feature>.<column>" (`inputs()`), served by a `FeatureSet` (`aigi.detectors.data`).
+
+- The constructor stores the config; `fit(train, val)` trains (early stopping, where a head
+  has it, looks at `val` only, never at test) and returns self; `score(data)` gives each image's
+  probability of being generated, in [0, 1].
+- Every random draw is seeded from `config.seed`: the same data and seed give the same model.
+- `save(folder)` writes `detector.json` (name, version, config, small JSON state) and
+  `state.safetensors` (arrays); `load(folder)` reads them back. Nothing is pickled: loading a
+  detector someone else trained never runs their code. A scikit-learn head keeps the fitted
+  numbers (coefficients, support vectors, the reference bank) and scores with them in numpy.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from aigi.core.configtools import to_dict
+from aigi.core.configtools import build, to_dict
 from aigi.manifests.ids import fingerprint
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from aigi.detectors.data import FeatureSet
+
+MANIFEST = "detector.json"
+STATE = "state.safetensors"
 
 
 class Detector:
@@ -24,15 +40,82 @@ class Detector:
     def __init__(self, config: Any) -> None:
         self.config = config
 
-    def fingerprint(self, feature_fingerprint: str) -> str:
+    def inputs(self) -> list[str]:
+        """The feature columns the head reads, as "<feature>.<column>"."""
+        return [f"{self.config.feature}.{self.config.column}"]
+
+    def features(self) -> list[str]:
+        """The feature extractors the head needs (the part of each input before the dot)."""
+        return sorted({i.split(".", 1)[0] for i in self.inputs()})
+
+    def fingerprint(self, inputs_fingerprint: str) -> str:
         return fingerprint(
-            {"name": self.name, "version": self.version, "config": to_dict(self.config), "feature": feature_fingerprint}
+            {"name": self.name, "version": self.version, "config": to_dict(self.config), "inputs": inputs_fingerprint}
         )
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> Detector:
-        """`x`: (N, *feature shape) raw cached features; `y`: (N,) labels, 1 = generated."""
+    def fit(self, train: FeatureSet, val: FeatureSet | None = None) -> Detector:
         raise NotImplementedError
 
-    def score(self, x: np.ndarray) -> np.ndarray:
-        """(N,) probability that each image is generated."""
+    def score(self, data: FeatureSet) -> np.ndarray:
+        """(N,) float64 probability that each image is generated."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------ saving, without pickle
+
+    def get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The fitted model as (named arrays, small JSON-able values)."""
+        raise NotImplementedError
+
+    def set_state(self, arrays: dict[str, np.ndarray], values: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def save(self, folder: str | Path) -> Path:
+        from safetensors.numpy import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays, values = self.get_state()
+        save_file({k: _contiguous(v) for k, v in arrays.items()}, str(folder / STATE))
+        manifest = {"name": self.name, "version": self.version, "config": to_dict(self.config), "state": values}
+        # the manifest last: a folder with it is complete
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Detector:
+        from safetensors.numpy import load_file
+
+        folder = Path(folder)
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        if manifest.get("name") != cls.name:
+            raise ValueError(f"{folder}: holds detector {manifest.get('name')!r}, not {cls.name!r}")
+        if manifest.get("version") != cls.version:
+            raise ValueError(f"{folder}: {cls.name} version {manifest.get('version')}, this aigi reads {cls.version}")
+        det = cls(build(cls.Config, manifest["config"], f"detectors.{cls.name}", str(folder / MANIFEST)))
+        det.set_state(load_file(str(folder / STATE)), manifest["state"])
+        return det
+
+
+def load_detector(folder: str | Path) -> Detector:
+    """Whichever detector `folder` holds (its manifest names it)."""
+    from aigi.detectors.registry import get
+
+    name = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))["name"]
+    return get(name).load(folder)
+
+
+def check_labels(who: str, y: np.ndarray) -> None:
+    """Training needs both classes, as 0/1."""
+    import numpy as np
+
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"{who}: labels must be 0 (real) or 1 (generated)")
+    present = set(np.unique(y).tolist())
+    if present != {0, 1}:
+        raise ValueError(f"{who}: training needs both real (0) and generated (1) images; only {sorted(present)} present")
+
+
+def _contiguous(a: Any) -> Any:
+    import numpy as np
+
+    return np.ascontiguousarray(a)

@@ -3,17 +3,28 @@
 A (C, H, W) feature map (e.g. LaRE's 4x32x32) is average-pooled to (C, pool, pool) with the exact
 semantics of torch's `adaptive_avg_pool2d`, flattened, standardized and fed to scikit-learn's
 `LogisticRegression`. 1-D features (e.g. a CLIP embedding) are used as they are.
+
+scikit-learn fits; the fitted numbers (the scaler's mean and scale, the coefficients and the
+intercept) are kept and scoring is numpy: sigmoid(((x - mean) / scale) @ coef + intercept), which
+is what the fitted pipeline's `predict_proba` computes. The helpers here (pooling, the logistic
+fit and score) are shared by `code_linear` and `mlp`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from aigi.core.configtools import check
-from aigi.detectors.base import Detector
+from aigi.detectors.base import Detector, check_labels
+
+if TYPE_CHECKING:
+    from aigi.detectors.data import FeatureSet
+
+#: rows pooled at a time: a column is never held whole at full resolution
+POOL_BATCH = 4096
 
 
 @dataclass(frozen=True)
@@ -55,68 +66,118 @@ def adaptive_avg_pool2d(x: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def pool_features(x: np.ndarray, pool: int | None, who: str, column: str) -> np.ndarray:
+    """Raw features (N, C, H, W) or (N, D) -> the (N, features) float64 matrix a head sees.
+
+    Maps are average-pooled to (C, pool, pool); `pool=None` accepts only 1-D features."""
+    x = np.asarray(x)
+    if x.ndim == 4 and pool is not None:
+        x = adaptive_avg_pool2d(x, pool)
+    elif x.ndim != 2:
+        want = "(N, C, H, W) or (N, D)" if pool is not None else "a 1-D embedding per image, (N, D)"
+        raise ValueError(f"{who}: feature {column!r} must be {want}, got shape {x.shape}")
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    if not np.isfinite(flat).all():
+        raise ValueError(f"{who}: feature {column!r} holds NaN or infinite values")
+    return flat
+
+
+def pooled_matrix(data: FeatureSet, column: str, pool: int | None, who: str) -> np.ndarray:
+    """`pool_features` of a whole column, read in batches (in the set's order)."""
+    out: np.ndarray | None = None
+    for cols, _, pos in data.batches([column], POOL_BATCH):
+        feats = pool_features(cols[column], pool, who, column)
+        if out is None:
+            out = np.empty((len(data), feats.shape[1]), dtype=np.float64)
+        out[pos] = feats
+    if out is None:  # an empty set: no rows, width unknown
+        return np.zeros((0, 0), dtype=np.float64)
+    return out
+
+
+def fit_logistic(
+    feats: np.ndarray, y: np.ndarray, *, C: float, max_iter: int, class_weight: str, standardize: bool,
+    random_state: int = 0,
+) -> tuple[dict[str, np.ndarray], Any]:
+    """Fit (StandardScaler +) LogisticRegression; return its numbers (mean, scale, coef,
+    intercept; mean 0 and scale 1 without standardizing) and the fitted sklearn pipeline."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = LogisticRegression(
+        C=C, max_iter=max_iter, class_weight=None if class_weight == "none" else class_weight,
+        random_state=random_state,
+    )
+    steps = [("scale", StandardScaler())] if standardize else []
+    model = Pipeline([*steps, ("clf", clf)]).fit(feats, y.astype(np.int64))
+    d = feats.shape[1]
+    assert list(clf.classes_) == [0, 1]  # the coefficients favour classes_[1] = generated
+    arrays = {
+        "mean": model.named_steps["scale"].mean_.astype(np.float64) if standardize else np.zeros(d),
+        "scale": model.named_steps["scale"].scale_.astype(np.float64) if standardize else np.ones(d),
+        "coef": clf.coef_[0].astype(np.float64),
+        "intercept": clf.intercept_.astype(np.float64),
+    }
+    return arrays, model
+
+
+def logistic_score(feats: np.ndarray, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """P(generated) = sigmoid(((x - mean) / scale) @ coef + intercept), as sklearn computes it."""
+    from scipy.special import expit
+
+    z = ((feats - arrays["mean"]) / arrays["scale"]) @ arrays["coef"] + arrays["intercept"][0]
+    return expit(z).astype(np.float64)
+
+
 class LogReg(Detector):
     name = "logreg"
-    version = 1
+    version = 2
     Config = LogRegConfig
 
     def __init__(self, config: LogRegConfig) -> None:
         super().__init__(config)
-        self.model_: Any = None
-        self.n_features_: int | None = None
+        self.state_: dict[str, np.ndarray] | None = None
+        #: the fitted sklearn pipeline, for inspection only: not saved, None after `load`
+        self.sklearn_: Any = None
+
+    @classmethod
+    def tiny(cls) -> tuple[LogRegConfig, dict[str, tuple[int, ...]]]:
+        return LogRegConfig(feature="lare", column="lare", pool=2), {"lare.lare": (4, 8, 8)}
 
     def pooled(self, x: np.ndarray) -> np.ndarray:
         """Raw features (N, C, H, W) or (N, D) -> the (N, features) float64 matrix the model sees."""
-        x = np.asarray(x)
-        if x.ndim == 4:
-            x = adaptive_avg_pool2d(x, self.config.pool)
-        elif x.ndim != 2:
-            raise ValueError(
-                f"logreg: feature {self.config.column!r} must be (N, C, H, W) or (N, D), "
-                f"got shape {x.shape}"
-            )
-        flat = x.reshape(len(x), -1).astype(np.float64)
-        if not np.isfinite(flat).all():
-            raise ValueError(f"logreg: feature {self.config.column!r} holds NaN or infinite values")
-        return flat
+        return pool_features(x, self.config.pool, self.name, self.config.column)
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> LogReg:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import Pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        feats = self.pooled(x)
-        y = np.asarray(y)
-        if y.shape != (len(feats),):
-            raise ValueError(f"logreg: labels must have shape ({len(feats)},), got {y.shape}")
-        if not np.isin(y, (0, 1)).all():
-            raise ValueError("logreg: labels must be 0 (real) or 1 (generated)")
-        present = set(np.unique(y).tolist())
-        if present != {0, 1}:
-            raise ValueError(
-                f"logreg: training needs both real (0) and generated (1) images; only {sorted(present)} present"
-            )
+    def fit(self, train: FeatureSet, val: FeatureSet | None = None) -> LogReg:
+        check_labels(self.name, train.labels)
+        feats = pooled_matrix(train, self.inputs()[0], self.config.pool, self.name)
         c = self.config
-        clf = LogisticRegression(
-            C=c.C,
-            max_iter=c.max_iter,
-            class_weight=None if c.class_weight == "none" else "balanced",
-            random_state=0,
+        self.state_, self.sklearn_ = fit_logistic(
+            feats, train.labels, C=c.C, max_iter=c.max_iter, class_weight=c.class_weight,
+            standardize=c.standardize,
         )
-        steps = [("scale", StandardScaler())] if c.standardize else []
-        self.model_ = Pipeline([*steps, ("clf", clf)]).fit(feats, y.astype(np.int64))
-        self.n_features_ = feats.shape[1]
         return self
 
-    def score(self, x: np.ndarray) -> np.ndarray:
-        if self.model_ is None:
-            raise RuntimeError("logreg: score() called before fit()")
-        feats = self.pooled(x)
-        if feats.shape[1] != self.n_features_:
+    def score(self, data: FeatureSet) -> np.ndarray:
+        if self.state_ is None:
+            raise RuntimeError(f"{self.name}: score() called before fit()")
+        feats = pooled_matrix(data, self.inputs()[0], self.config.pool, self.name)
+        if len(feats) == 0:
+            return np.zeros(0, dtype=np.float64)
+        n_features = len(self.state_["coef"])
+        if feats.shape[1] != n_features:
             raise ValueError(
-                f"logreg: fitted on {self.n_features_} pooled features, got {feats.shape[1]} "
-                f"(feature shape {np.shape(x)[1:]})"
+                f"{self.name}: fitted on {n_features} pooled features, got {feats.shape[1]} "
+                f"(column {self.inputs()[0]!r})"
             )
-        proba = self.model_.predict_proba(feats)
-        col = list(self.model_.classes_).index(1)
-        return proba[:, col].astype(np.float64)
+        return logistic_score(feats, self.state_)
+
+    def get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        if self.state_ is None:
+            raise RuntimeError(f"{self.name}: nothing to save before fit()")
+        return dict(self.state_), {"n_features": len(self.state_["coef"])}
+
+    def set_state(self, arrays: dict[str, np.ndarray], values: dict[str, Any]) -> None:
+        self.state_ = {k: np.asarray(arrays[k], dtype=np.float64) for k in ("mean", "scale", "coef", "intercept")}
+        self.sklearn_ = None

@@ -339,22 +339,52 @@ PREDICTIONS = Schema(
     ),
 )
 
+_METRIC_FIELDS = [
+    ("n_real", pa.int64()),
+    ("n_fake", pa.int64()),
+    ("acc", pa.float64()),  # at threshold 0.5
+    ("real_acc", pa.float64()),
+    ("fake_acc", pa.float64()),
+    ("balanced_acc", pa.float64()),
+    ("ap", pa.float64()),
+    ("auroc", pa.float64()),
+    ("tpr_at_1fpr", pa.float64()),
+    ("oracle_acc", pa.float64()),  # the best accuracy over thresholds: never the headline
+    # bootstrap 95% intervals (reals and fakes resampled separately)
+    ("acc_low", pa.float64()),
+    ("acc_high", pa.float64()),
+    ("ap_low", pa.float64()),
+    ("ap_high", pa.float64()),
+    ("auroc_low", pa.float64()),
+    ("auroc_high", pa.float64()),
+    ("tpr_at_1fpr_low", pa.float64()),
+    ("tpr_at_1fpr_high", pa.float64()),
+]
+
 METRICS = Schema(
     name="aigi.metrics",
-    version=1,
+    version=2,
     arrow=pa.schema(
         [
             ("detector", pa.string()),
             ("feature", pa.string()),
             ("split", pa.string()),
             ("generator", pa.string()),
-            ("n_real", pa.int64()),
-            ("n_fake", pa.int64()),
-            ("acc", pa.float64()),
-            ("real_acc", pa.float64()),
-            ("fake_acc", pa.float64()),
-            ("ap", pa.float64()),
-            ("auroc", pa.float64()),
+            *_METRIC_FIELDS,
+        ]
+    ),
+)
+
+CROSS_METRICS = Schema(
+    name="aigi.cross_metrics",
+    version=1,
+    arrow=pa.schema(
+        [
+            ("detector", pa.string()),
+            ("protocol", pa.string()),  # cross_generator, leave_one_out, chronological, ...
+            ("train", pa.string()),  # what the model was trained on (a generator, "all but X", ...)
+            ("generator", pa.string()),  # what it was tested on
+            *_METRIC_FIELDS,
         ]
     ),
 )
@@ -398,5 +428,5 @@ def feature_schema(extractor: str, version: int, columns: dict[str, tuple[tuple[
 
 
 REGISTRY: dict[str, Schema] = {
-    s.name: s for s in (IMAGES, PROMPTS, HASHES, DUPLICATES, NEAR_PAIRS, MEASURES, NORMALIZE_PLAN, NORMALIZED, BIAS_AUDIT, FREQUENCY_PARITY, PAIRS, SPLITS, SPLIT_AUDIT, QUARANTINE, PREDICTIONS, METRICS, ANOMALY_SCORES)
+    s.name: s for s in (IMAGES, PROMPTS, HASHES, DUPLICATES, NEAR_PAIRS, MEASURES, NORMALIZE_PLAN, NORMALIZED, BIAS_AUDIT, FREQUENCY_PARITY, PAIRS, SPLITS, SPLIT_AUDIT, QUARANTINE, PREDICTIONS, METRICS, CROSS_METRICS, ANOMALY_SCORES)
 }

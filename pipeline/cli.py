@@ -123,6 +123,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from aigi.pipeline.train import detect
+
+    features = [f for f in (args.features or "").split(",") if f] or None
+    protocols = [p for p in (args.protocol or "").split(",") if p] or None
+    detect(args.run, [d for d in (args.detector or "").split(",") if d], features, protocols, args.seeds)
+    return 0
+
+
 def _summary(cls: type) -> str:
     """First line of the class docstring, else of its module's (the file's own summary)."""
     doc = cls.__doc__ if "__doc__" in vars(cls) and cls.__doc__ else sys.modules[cls.__module__].__doc__
@@ -233,6 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "how many units of a run directory are done.")
     sp.add_argument("run", help="the run directory")
     sp.set_defaults(func=_cmd_status)
+
+    for cmd, text in (
+        ("train", "train detectors on a run's cached features and evaluate them"),
+        ("evaluate", "evaluate detectors under the field's protocols (trains what is missing)"),
+    ):
+        sp = sub.add_parser(cmd, help=text, description=text[0].upper() + text[1:] + ". Reads RUN/config.toml; "
+                            "the features must be cached. A detector already trained on the same inputs "
+                            "with the same settings is reused.")
+        sp.add_argument("run", help="the run directory")
+        sp.add_argument("--detector", help="detector(s), comma-separated (default: the run's, else logreg)")
+        sp.add_argument("--features", help="feature(s) a single-input detector reads, comma-separated")
+        sp.add_argument("--protocol", help="protocols, comma-separated: per_generator, cross_generator, "
+                        "leave_one_generator_out, leave_one_family_out, chronological")
+        sp.add_argument("--seeds", type=int, help="train with this many seeds; report mean ± std")
+        sp.set_defaults(func=_cmd_train)
 
     sp = sub.add_parser("generators", help="list generator families, or a config's generators",
                         description="Without CONFIG: the registered generator families, their conditioning "

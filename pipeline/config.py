@@ -140,6 +140,21 @@ class FeatureStoreSection:
 
 
 @dataclass(frozen=True)
+class EvaluateSection:
+    """How detectors are evaluated (`aigi.detectors.protocols`)."""
+
+    #: per_generator always; cross_generator trains one model per generator (GenImage's matrix)
+    protocols: tuple[Literal["per_generator", "cross_generator", "leave_one_generator_out",
+                             "leave_one_family_out", "chronological"], ...] = ("per_generator", "cross_generator")
+    bootstrap: int = 1000  # resamples for the confidence intervals (0 = none)
+    seeds: int = 1  # detector seeds to train; > 1 reports mean ± std
+
+    def __post_init__(self) -> None:
+        check(self.bootstrap >= 0, "bootstrap", "must be >= 0 (0 = no intervals)")
+        check(self.seeds >= 1, "seeds", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     run: RunSection = field(default_factory=RunSection)
     dask: DaskSection = field(default_factory=DaskSection)
@@ -150,6 +165,7 @@ class RunConfig:
     feature_store: FeatureStoreSection = field(default_factory=FeatureStoreSection)
     features: dict[str, Any] = field(default_factory=dict)
     detectors: dict[str, Any] = field(default_factory=dict)
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     file: str = "<config>"
 
     @property
@@ -193,11 +209,13 @@ def parse_config(data: dict[str, Any], file: str = "<config>", out: str | None =
     features = _entries(features_raw, "features", feature_registry, file)
     detectors = _entries(detectors_raw, "detectors", detector_registry, file)
     for name, det in detectors.items():
-        if det.feature not in features:
-            raise ConfigError(
-                f"{file}: detectors.{name}.feature: feature {det.feature!r} is not configured "
-                f"(configured: {', '.join(features) or 'none'}; add a [features.{det.feature}] table)"
-            )
+        for feature in detector_registry.get(name)(det).features():
+            if feature not in features:
+                key = "feature" if hasattr(det, "feature") and det.feature == feature else "inputs"
+                raise ConfigError(
+                    f"{file}: detectors.{name}.{key}: feature {feature!r} is not configured "
+                    f"(configured: {', '.join(features) or 'none'}; add a [features.{feature}] table)"
+                )
 
     families = generator_registry.names()
     seen: set[str] = set()
@@ -266,6 +284,7 @@ def parse_config(data: dict[str, Any], file: str = "<config>", out: str | None =
         feature_store=cfg.feature_store,
         features=features,
         detectors=detectors,
+        evaluate=cfg.evaluate,
         file=file,
     )
 

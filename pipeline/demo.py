@@ -123,6 +123,23 @@ fractions = [0.6, 0.2, 0.2]
 feature = "lare"
 column = "lare"
 pool = 2
+
+# CoDE's released linear head, and DNF's ResNet (a ResNet-18 for a few epochs: the tiny maps)
+[detectors.code_linear]
+feature = "code"
+column = "code"
+
+[detectors.resnet_dnf]
+arch = "resnet18"
+epochs = 4
+batch_size = 32
+lr = 0.001
+lr_patience = 1
+lr_drops = 0
+
+[evaluate]
+protocols = ["per_generator", "cross_generator"]
+bootstrap = 200
 """
 
 

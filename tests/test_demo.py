@@ -50,8 +50,10 @@ def test_demo_runs_every_stage_and_prints_table(demo: tuple[Path, str]) -> None:
     metrics = pq.read_table(next(out.glob("detectors/logreg-*/metrics.parquet"))).to_pylist()
     test_gens = sorted(r["generator"] for r in metrics if r["split"] == "test")
     assert test_gens == sorted(["all", *gens])  # the aligned fakes are sources of their own
-    for name in ("model.pkl", "predictions.parquet", "metrics.csv", "report.md"):
+    for name in ("model/detector.json", "model/state.safetensors", "predictions.parquet", "metrics.csv",
+                 "report.md", "protocols.parquet", "roc.png", "cross_generator.png", "auroc.png"):
         assert next(out.glob(f"detectors/logreg-*/{name}")).stat().st_size > 0
+    assert not list(out.glob("detectors/*/**/*.pkl"))  # nothing is pickled
 
     info = json.loads((out / "run.json").read_text())
     assert info["versions"]["torch"] and info["versions"]["diffusers"]
@@ -140,3 +142,35 @@ def test_demo_writes_a_bias_audit_that_normalization_clears(demo: tuple[Path, st
     assert "format-only AUC" in report and "## after" in report
     formats = {r["image_id"]: r["format"] for r in pq.read_table(out / "curation" / "measures_normalized").to_pylist()}
     assert len(formats) == 384 and set(formats.values()) == {"JPEG"}
+
+
+def test_demo_trains_logistic_code_and_dnf_heads_with_the_cross_generator_matrix(demo: tuple[Path, str]) -> None:
+    from PIL import Image
+
+    out, printed = demo
+    gens = {"tiny-sd-a", "tiny-sd-b", "tiny-sd-a-vae", "tiny-sd-a-img2img"}
+    for head in ("logreg", "code_linear", "resnet_dnf"):
+        assert f"detect/{head}: test split" in printed
+        [folder] = out.glob(f"detectors/{head}-*")
+        metrics = pq.read_table(folder / "metrics.parquet").to_pylist()
+        test = [r for r in metrics if r["split"] == "test"]
+        assert {r["generator"] for r in test} == gens | {"all"}
+        for r in test:  # intervals around the estimate
+            assert r["auroc_low"] <= r["auroc"] <= r["auroc_high"] and 0 <= r["tpr_at_1fpr"] <= 1
+        cross = pq.read_table(folder / "protocols.parquet").to_pylist()
+        assert {(r["train"], r["generator"]) for r in cross if r["protocol"] == "cross_generator"} == {
+            (a, b) for a in gens for b in gens | {"all"}}
+        with Image.open(folder / "cross_generator.png") as im:
+            assert im.width > 200 and im.height > 200
+
+
+def test_train_command_trains_another_head_on_the_cached_features(demo: tuple[Path, str], capsys) -> None:
+    from aigi.detectors.base import load_detector
+
+    out, _ = demo
+    assert main(["train", str(out), "--detector", "code_knn", "--protocol", "per_generator"]) == 0
+    printed = capsys.readouterr().out
+    assert "detect/code_knn: test split" in printed
+    [folder] = out.glob("detectors/code_knn-*")
+    det = load_detector(folder / "model")
+    assert det.name == "code_knn" and (folder / "roc.png").exists() and not (folder / "protocols.parquet").exists()

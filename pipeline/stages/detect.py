@@ -1,8 +1,16 @@
-"""Stage: train one detector on the train split of cached features; evaluate on val and test."""
+"""Stage: train one detector on the train split of cached features and evaluate it (one unit).
+
+The model trains on train (early stopping, where the head has it, on val), is saved without
+pickle (`model/detector.json`, `model/state.safetensors`) and scores every split image
+(`predictions.parquet`). Metrics per generator (each generator's test fakes against all real
+test images) with bootstrap intervals go to `metrics.{parquet,csv}`; the protocols of
+`[evaluate]` (the cross-generator matrix, leave-one-out, chronological) to
+`protocols.{parquet,csv}`; `report.md` and the plots (ROC curves, metric bars, the
+cross-generator heatmap, the most confidently wrong images) beside them.
+"""
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -10,19 +18,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from aigi.core.configtools import to_dict
 from aigi.manifests.ids import fingerprint
-from aigi.manifests.schema import METRICS, PREDICTIONS, SPLITS
-from aigi.manifests.shards import read_shard, write_shard
+from aigi.manifests.schema import CROSS_METRICS, IMAGES, METRICS, PREDICTIONS, SPLITS
+from aigi.manifests.shards import read_shard, read_shards, write_shard
 from aigi.pipeline.stage import RunContext, Stage, Unit
-from aigi.pipeline.stages.common import producer_of
+from aigi.pipeline.stages.common import curated_shards, producer_of
 from aigi.pipeline.stages.features import feature_shards, make_extractor
 
 EVAL_SPLITS = ("val", "test")
+DETECT_VERSION = 2  # v2: no pickle, intervals, protocols, plots
 
 
 class DetectStage(Stage):
     name = "detect"
     item_name = "images"
+    gpu = True
 
     def __init__(self, ctx: RunContext, detector: str, config: Any) -> None:
         super().__init__(ctx)
@@ -38,62 +49,166 @@ class DetectStage(Stage):
 
         return get(self.detector)(self.config)
 
-    def plan(self) -> list[Unit]:
-        feat_cfg = self.ctx.config.features[self.config.feature]
-        shards = feature_shards(self.ctx, self.config.feature, feat_cfg)
-        splits = self.ctx.run.curation / "splits.parquet"
-        inputs_fp = fingerprint([producer_of(splits), [producer_of(s) for s in shards]])
+    def _shards(self) -> dict[str, list[Path]]:
+        """Each input column's feature shards."""
         det = self._make()
-        producer = det.fingerprint(inputs_fp)
+        by_feature = {f: feature_shards(self.ctx, f, self.ctx.config.features[f]) for f in det.features()}
+        return {i: by_feature[i.split(".", 1)[0]] for i in det.inputs()}
+
+    def plan(self) -> list[Unit]:
+        shards = self._shards()
+        splits = self.ctx.run.curation / "splits.parquet"
+        evaluate = to_dict(self.ctx.config.evaluate)
+        inputs_fp = fingerprint([DETECT_VERSION, evaluate, producer_of(splits),
+                                 {k: [producer_of(s) for s in v] for k, v in shards.items()}])
+        producer = self._make().fingerprint(inputs_fp)
         out_dir = self.ctx.run.detector_dir(self.detector, producer[:12])
-        payload = {"features": [str(s) for s in shards], "splits": str(splits), "dir": str(out_dir)}
+        payload = {"features": {k: [str(s) for s in v] for k, v in shards.items()}, "splits": str(splits),
+                   "dir": str(out_dir)}
         # metrics.parquet is written last: it marks the unit done
         return [Unit(self.label, self.detector, str(out_dir / "metrics.parquet"), producer, 0, payload)]
 
     def process(self, unit: Unit, state: Any) -> dict[str, Any]:
-        from aigi.detectors.metrics import per_generator
-        from aigi.detectors.report import format_table, markdown_report
-        from aigi.features.store import read_features
+        from aigi.detectors import protocols
+        from aigi.detectors.data import FeatureSet
+        from aigi.detectors.metrics import per_generator, with_intervals
 
         out_dir = Path(unit.payload["dir"])
         out_dir.mkdir(parents=True, exist_ok=True)
-        ids, x = read_features([Path(p) for p in unit.payload["features"]], self.config.column)
+        ev = self.ctx.config.evaluate
         splits = read_shard(unit.payload["splits"], SPLITS).to_pydict()
-        where = {i: n for n, i in enumerate(ids)}
-        missing = [i for i in splits["image_id"] if i not in where]
-        if missing:
-            raise RuntimeError(f"{len(missing)} split images have no cached {self.config.feature} feature (e.g. {missing[0]})")
-        idx = np.array([where[i] for i in splits["image_id"]], dtype=np.int64)
-        x = x[idx]
-        y = np.asarray(splits["label"], dtype=np.int64)
         split = np.asarray(splits["split"])
-        source = np.asarray(splits["source"])
-        train = split == "train"
-        det = self._make().fit(x[train], y[train])
-        score = det.score(x)
-        with open(out_dir / "model.pkl", "wb") as f:
-            pickle.dump(det, f)
-        preds = pa.table(
-            {"image_id": splits["image_id"], "source": source, "label": y.astype(np.int8), "split": split, "score": score},
-            schema=PREDICTIONS.arrow,
-        )
+        data = FeatureSet.from_store({k: [Path(p) for p in v] for k, v in unit.payload["features"].items()},
+                                     splits["image_id"], np.asarray(splits["label"]), np.asarray(splits["source"]))
+        train, val = data.subset(split == "train"), data.subset(split == "val")
+        det = self._make().fit(train, val if len(np.unique(val.labels)) == 2 else None)
+        det.save(out_dir / "model")
+        score = det.score(data)
+        preds = pa.table({"image_id": data.ids, "source": data.sources, "label": data.labels.astype(np.int8),
+                          "split": split, "score": score}, schema=PREDICTIONS.arrow)
         write_shard(preds, out_dir / "predictions.parquet", PREDICTIONS, unit.producer)
+
         rows = []
         for s in EVAL_SPLITS:
             m = split == s
-            for r in per_generator(source[m], y[m], score[m]):
-                rows.append({"detector": self.detector, "feature": self.config.feature, "split": s, **r})
-        metrics = pa.Table.from_pylist(rows, schema=METRICS.arrow)
+            if not m.any():
+                continue
+            got = per_generator(data.sources[m], data.labels[m], score[m])
+            if ev.bootstrap:
+                got = with_intervals(got, data.sources[m], data.labels[m], score[m], n=ev.bootstrap)
+            rows += [{"detector": self.detector, "feature": "+".join(det.features()), "split": s, **r} for r in got]
+        metrics = pa.Table.from_pylist([{k: r.get(k) for k in METRICS.arrow.names} for r in rows], schema=METRICS.arrow)
         pa_csv.write_csv(metrics, out_dir / "metrics.csv")
+
+        def make() -> Any:
+            return self._make()
+
+        extra = self._protocols(data, split, make, ev)
+        protocol_rows = [r for res in extra for r in _long_rows(self.detector, res)]
+        if protocol_rows:
+            table = pa.Table.from_pylist(protocol_rows, schema=CROSS_METRICS.arrow)
+            write_shard(table, out_dir / "protocols.parquet", CROSS_METRICS, unit.producer)
+            pa_csv.write_csv(table, out_dir / "protocols.csv")
+        seeds = None
+        if ev.seeds > 1:
+            seeds = protocols.over_seeds(lambda s: protocols.per_generator(data, split, protocols.reseed(make, s),
+                                                                           intervals=False), ev.seeds)
+        test = split == "test"
         test_rows = [r for r in rows if r["split"] == "test"]
-        feat_fp = make_extractor(self.config.feature, self.ctx.config.features[self.config.feature]).fingerprint()
-        notes = [
-            f"detector `{self.detector}` on feature `{self.config.feature}-{feat_fp}`, trained on {int(train.sum())} "
-            f"train images ({int(y[train].sum())} generated); threshold 0.5, no threshold search",
-            "each generator's test images are scored against all real test images (GenImage-style)",
-            "val metrics are in metrics.csv; predictions for every split are in predictions.parquet",
-        ]
-        (out_dir / "report.md").write_text(markdown_report(f"{self.detector}: test split", test_rows, notes), encoding="utf-8")
-        (out_dir / "table.txt").write_text(format_table(test_rows) + "\n", encoding="utf-8")
+        plots = self._plots(out_dir, data, score, test, test_rows, extra)
+        self._report(out_dir, det, data, split, test_rows, extra, seeds, plots)
         write_shard(metrics, unit.output, METRICS, unit.producer)
-        return {"items": int((split == "test").sum()), "dir": str(out_dir)}
+        return {"items": int(test.sum()), "dir": str(out_dir)}
+
+    def _protocols(self, data: Any, split: np.ndarray, make: Any, ev: Any) -> list[Any]:
+        from aigi.detectors import protocols
+
+        gens = sorted(set(data.sources[data.labels == 1].tolist()))
+        family = {g.name: g.family for g in self.ctx.config.generators}
+        release = {g.name: g.release_date for g in self.ctx.config.generators if g.release_date}
+        intervals = ev.bootstrap > 0
+        out = []
+        for name in ev.protocols:
+            if name == "per_generator" or len(gens) < 2:
+                continue
+            if name == "cross_generator":
+                out.append(protocols.cross_generator(data, split, make, intervals=intervals))
+            elif name == "leave_one_generator_out":
+                out.append(protocols.leave_one_out(data, split, make, intervals=intervals))
+            elif name == "leave_one_family_out" and len(set(family.values())) >= 2:
+                out.append(protocols.leave_one_out(data, split, make, {g: family[g] for g in gens}, intervals=intervals))
+            elif name == "chronological" and len(set(release.values())) >= 2:
+                out.append(protocols.chronological(data, split, make, release, intervals=intervals))
+        return out
+
+    def _plots(self, out_dir: Path, data: Any, score: np.ndarray, test: np.ndarray, test_rows: list[dict],
+               extra: list[Any]) -> dict[str, str]:
+        from aigi.detectors import plots
+
+        made: dict[str, str] = {}
+        if len(np.unique(data.labels[test])) == 2:
+            made["ROC curves per generator (test)"] = plots.roc_curves(
+                data.labels[test], score[test], data.sources[test], out_dir / "roc.png").name
+        made["AUROC per generator with 95% intervals (test)"] = plots.metric_bars(
+            test_rows, "auroc", out_dir / "auroc.png").name
+        for res in extra:
+            if res.protocol == "cross_generator":
+                made["cross-generator AUROC (train → test)"] = plots.heatmap(
+                    res.rows, "auroc", out_dir / "cross_generator.png").name
+        rows = [{"image_id": i, "source": s, "label": int(y), "score": float(p)}
+                for i, s, y, p in zip(data.ids[test], data.sources[test], data.labels[test], score[test], strict=True)]
+        wrong_real, wrong_fake = plots.pick_mistakes(rows, 8)
+        if wrong_real or wrong_fake:
+            images = _image_bytes(self.ctx, {r["image_id"] for r in wrong_real + wrong_fake})
+            made["the most confidently wrong test images"] = plots.confident_mistakes(
+                rows, images, out_dir / "mistakes.png", k=8).name
+        return made
+
+    def _report(self, out_dir: Path, det: Any, data: Any, split: np.ndarray, test_rows: list[dict],
+                extra: list[Any], seeds: Any, plots: dict[str, str]) -> None:
+        from aigi.detectors.report import Section, format_table, protocol_report, section
+
+        train = split == "train"
+        preprocessing = "; ".join(
+            f"{f}: {make_extractor(f, self.ctx.config.features[f]).preprocessing()}" for f in det.features()
+        )
+        norm = self.ctx.config.curation.normalize
+        normalization = ", ".join(f"{k} = {v}" for k, v in to_dict(norm).items())
+        notes = [
+            f"detector `{self.detector}` on {', '.join(det.inputs())}, trained on {int(train.sum())} train images "
+            f"({int(data.labels[train].sum())} generated); threshold 0.5, no threshold search (`oracle_acc` is "
+            "the best accuracy over thresholds, for reference only)",
+            "each generator's test images are scored against all real test images (GenImage-style); "
+            "intervals are bootstrap 95% (reals and fakes resampled separately)",
+            "val metrics are in metrics.csv; predictions for every split are in predictions.parquet; "
+            "the model is in model/ (JSON + safetensors, no pickle)",
+        ]
+        shown = [{k: v for k, v in r.items() if k not in ("detector", "feature", "split")} for r in test_rows]
+        sections = [Section("per generator (test split)", shown, ("generator",), plots=plots)]
+        sections += [section(res) for res in extra]
+        if seeds is not None:
+            sections.append(section(seeds, heading=f"per generator, mean ± std over {len(seeds.runs)} seeds"))
+        text = protocol_report(f"{self.detector}", sections, notes, preprocessing=preprocessing,
+                               normalization=normalization)
+        (out_dir / "report.md").write_text(text, encoding="utf-8")
+        (out_dir / "table.txt").write_text(format_table(test_rows) + "\n", encoding="utf-8")
+
+
+def _long_rows(detector: str, res: Any) -> list[dict]:
+    """A protocol's rows in the CROSS_METRICS layout: what it trained on, what it tested on."""
+    out = []
+    for r in res.rows:
+        trained = next((str(r[k]) for k in res.keys if k not in ("generator", "test_generator")), "")
+        tested = r.get("test_generator", r.get("generator"))
+        out.append({**{k: r.get(k) for k in CROSS_METRICS.arrow.names}, "detector": detector,
+                    "protocol": res.protocol, "train": trained, "generator": tested})
+    return out
+
+
+def _image_bytes(ctx: RunContext, ids: set[str]) -> dict[str, bytes]:
+    """The stored bytes of a few images (for the grid of mistakes), as the features saw them."""
+    import pyarrow.compute as pc
+
+    table = read_shards(curated_shards(ctx), IMAGES, columns=["image_id", "image"])
+    table = table.filter(pc.is_in(table.column("image_id"), value_set=pa.array(sorted(ids))))
+    return {r["image_id"]: r["image"]["bytes"] for r in table.to_pylist()}
