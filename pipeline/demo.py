@@ -102,7 +102,7 @@ name = "tiny-sd-a-img2img"
 family = "stable_diffusion"
 model = "{models}/tiny-sd-a"
 mode = "img2img"
-steps = 8
+steps = 4
 guidance = 3.0
 size = [64, 64]
 batch_size = 16
@@ -131,7 +131,7 @@ column = "code"
 
 [detectors.resnet_dnf]
 arch = "resnet18"
-epochs = 4
+epochs = 2
 batch_size = 32
 lr = 0.001
 lr_patience = 1

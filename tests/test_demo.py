@@ -26,8 +26,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     import io
 
     buf = io.StringIO()
+    # In this process: the embedded Dask cluster gives the same rows (tests/test_runner.py checks
+    # that) and would add half a minute of worker start-up and model loading to the suite.
     with contextlib.redirect_stdout(buf):
-        code = main(["demo", "--out", str(out)])
+        code = main(["demo", "--out", str(out), "--serial"])
     assert code == 0, buf.getvalue()
     return out, buf.getvalue()
 
