@@ -6,6 +6,14 @@ column whole (`array`); heads that train by gradient stream it (`batches`): shar
 a seeded order a few at a time and rows shuffled within that buffer, so memory stays bounded
 whatever the corpus size. Tests and protocols build sets from arrays (`from_arrays`) or cut them
 (`subset`).
+
+Heads that train on the images themselves (EGRE end to end) read the column "image" (`IMAGE`, no
+dot): `fs.with_images(curated_shards)` adds it from the run's curated IMAGES shards (their
+struct<bytes, path> "image" column, any number of shards, in any order; every id of the set must be
+in one of them). Such shards store compressed bytes, which are read per streaming buffer and decoded
+with `aigi.manifests.imagebytes.decode_rgb` one batch at a time, so `batches` yields, and `array`
+returns, a (B,) object array of RGB `PIL.Image`s of the images' own sizes. In memory,
+`from_arrays({"image": uint8 (N, H, W, 3)})` is served as given (uint8 arrays).
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ import numpy as np
 
 #: Shards read at a time when streaming: rows are shuffled within them.
 BUFFER_SHARDS = 8
+#: The column of the images themselves (served from IMAGES shards by `with_images`).
+IMAGE = "image"
 
 
 @dataclass
@@ -84,6 +94,30 @@ class FeatureSet:
                 raise RuntimeError(f"{(~seen).sum()} images have no cached {column} (e.g. {missing})")
         return fs
 
+    def with_images(self, shards: list[Path]) -> FeatureSet:
+        """This set with the column `IMAGE` served from IMAGES shards (e.g. the run's curated
+        shards, `curated_shards(ctx)`): records which rows of which shard hold each id (the first
+        shard listed wins for an id stored twice); an id in none of them is an error naming it."""
+        from aigi.manifests.schema import IMAGES
+        from aigi.manifests.shards import read_shard
+
+        paths = [Path(p) for p in shards]
+        out = FeatureSet(self.ids, self.labels, self.sources, shards={**self.shards, IMAGE: paths},
+                         arrays={k: v for k, v in self.arrays.items() if k != IMAGE})
+        out._where = {p: w for p, w in self._where.items() if p not in paths}
+        position = {i: k for k, i in enumerate(out.ids.tolist())}
+        seen = np.zeros(len(out), dtype=bool)
+        for p in paths:
+            shard_ids = read_shard(p, IMAGES, columns=["image_id"]).column("image_id").to_pylist()
+            rows = [(r, position[i]) for r, i in enumerate(shard_ids) if i in position and not seen[position[i]]]
+            if rows:
+                r, pos = (np.array(v, dtype=np.int64) for v in zip(*rows, strict=True))
+                out._where[p] = (r, pos)
+                seen[pos] = True
+        if not seen.all():
+            raise RuntimeError(f"{(~seen).sum()} images are in none of the {len(paths)} image shards (e.g. {out.ids[~seen][0]})")
+        return out
+
     def subset(self, mask: np.ndarray) -> FeatureSet:
         """The rows where `mask` is true (a boolean mask or integer positions), in order."""
         pos = np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.asarray(mask, dtype=np.int64)
@@ -111,7 +145,7 @@ class FeatureSet:
         data = np.concatenate(parts)
         out = np.empty_like(data)
         out[np.concatenate(order)] = data
-        return out
+        return _decode(out) if column == IMAGE else out
 
     def batches(
         self, columns: list[str], batch_size: int, shuffle: bool = False, seed: int = 0
@@ -144,7 +178,11 @@ class FeatureSet:
             local = rng.permutation(len(pos)) if shuffle else np.arange(len(pos))
             for blo in range(0, len(local), batch_size):
                 take = local[blo : blo + batch_size]
-                yield {c: v[take] for c, v in loaded.items()}, self.labels[pos[take]], pos[take]
+                yield (
+                    {c: _decode(v[take]) if c == IMAGE and c in self.shards else v[take] for c, v in loaded.items()},
+                    self.labels[pos[take]],
+                    pos[take],
+                )
 
     def _rows(self, column: str, positions: np.ndarray) -> np.ndarray:
         if column in self.arrays:
@@ -171,8 +209,18 @@ class FeatureSet:
 
 
 def _read_rows(path: Path, column: str, rows: np.ndarray) -> np.ndarray:
-    """Rows of one column of a feature shard as (len(rows), *shape) (store column "<f>.<c>")."""
+    """Rows of one column of a feature shard as (len(rows), *shape) (store column "<f>.<c>"); for
+    `IMAGE`, the stored bytes of an IMAGES shard's rows as a (len(rows),) object array."""
     import pyarrow as pa
+
+    if column == IMAGE:
+        from aigi.manifests.schema import IMAGES
+        from aigi.manifests.shards import read_shard
+
+        images = read_shard(path, IMAGES, columns=[IMAGE]).column(IMAGE).take(pa.array(rows)).combine_chunks()
+        out = np.empty(len(rows), dtype=object)
+        out[:] = images.field("bytes").to_pylist()
+        return out
 
     from aigi.features.store import feature_meta
     from aigi.manifests.shards import read_shard
@@ -183,3 +231,12 @@ def _read_rows(path: Path, column: str, rows: np.ndarray) -> np.ndarray:
     values = read_shard(path, meta["schema"], columns=[name]).column(name).take(pa.array(rows)).combine_chunks()
     flat = (values.flatten() if shape else values).to_numpy(zero_copy_only=False)
     return flat.astype(np.dtype(dtype), copy=False).reshape(len(rows), *shape)
+
+
+def _decode(data: np.ndarray) -> np.ndarray:
+    """Stored image bytes -> (N,) object array of RGB PIL images (the pipeline's one decoder)."""
+    from aigi.manifests.imagebytes import decode_rgb
+
+    out = np.empty(len(data), dtype=object)
+    out[:] = [decode_rgb(b) for b in data]
+    return out

@@ -312,6 +312,19 @@ SPLIT_AUDIT = Schema(
     ),
 )
 
+PERTURBATIONS = Schema(
+    name="aigi.perturbations",
+    version=1,
+    arrow=pa.schema(
+        [
+            ("image_id", pa.string()),  # the perturbed copy's id
+            ("original_id", pa.string()),
+            ("variant", pa.string()),  # jpeg75, resize0.5, blur1, crop0.9, ...
+            ("seed", pa.int64()),
+        ]
+    ),
+)
+
 QUARANTINE = Schema(
     name="aigi.quarantine",
     version=1,
@@ -428,5 +441,5 @@ def feature_schema(extractor: str, version: int, columns: dict[str, tuple[tuple[
 
 
 REGISTRY: dict[str, Schema] = {
-    s.name: s for s in (IMAGES, PROMPTS, HASHES, DUPLICATES, NEAR_PAIRS, MEASURES, NORMALIZE_PLAN, NORMALIZED, BIAS_AUDIT, FREQUENCY_PARITY, PAIRS, SPLITS, SPLIT_AUDIT, QUARANTINE, PREDICTIONS, METRICS, CROSS_METRICS, ANOMALY_SCORES)
+    s.name: s for s in (IMAGES, PROMPTS, HASHES, DUPLICATES, NEAR_PAIRS, MEASURES, NORMALIZE_PLAN, NORMALIZED, BIAS_AUDIT, FREQUENCY_PARITY, PAIRS, SPLITS, SPLIT_AUDIT, PERTURBATIONS, QUARANTINE, PREDICTIONS, METRICS, CROSS_METRICS, ANOMALY_SCORES)
 }

@@ -148,10 +148,21 @@ class EvaluateSection:
                              "leave_one_family_out", "chronological"], ...] = ("per_generator", "cross_generator")
     bootstrap: int = 1000  # resamples for the confidence intervals (0 = none)
     seeds: int = 1  # detector seeds to train; > 1 reports mean ± std
+    #: perturbed copies of the test images (jpeg75, resize0.5, blur1, crop0.9, ...), featurized and
+    #: evaluated as a grid (the robustness protocol); none by default
+    perturbations: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        from aigi.curation.perturb import parse_variant
+
         check(self.bootstrap >= 0, "bootstrap", "must be >= 0 (0 = no intervals)")
         check(self.seeds >= 1, "seeds", "must be >= 1")
+        for i, v in enumerate(self.perturbations):
+            try:
+                parse_variant(v)
+            except ValueError as e:
+                raise Invalid(f"perturbations[{i}]", str(e)) from None
+        check(len(set(self.perturbations)) == len(self.perturbations), "perturbations", "has a repeated variant")
 
 
 @dataclass(frozen=True)

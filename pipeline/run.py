@@ -37,6 +37,7 @@ def build_stages(ctx: RunContext) -> list[Stage]:
     from aigi.pipeline.stages.measure import MeasureStage
     from aigi.pipeline.stages.normalize import NormalizePlanStage, NormalizeStage
     from aigi.pipeline.stages.pair import PairStage
+    from aigi.pipeline.stages.perturb import PerturbStage
     from aigi.pipeline.stages.prompts import PromptsStage
     from aigi.pipeline.stages.split import SplitStage
 
@@ -54,6 +55,8 @@ def build_stages(ctx: RunContext) -> list[Stage]:
         if normalizing(cfg):
             stages += [NormalizePlanStage(ctx), NormalizeStage(ctx)]
         stages += [AuditStage(ctx), SplitStage(ctx)]
+        if cfg.evaluate.perturbations:
+            stages.append(PerturbStage(ctx))
     stages += [FeatureStage(ctx, group) for group in group_by_device(cfg.features)]
     if "anomaly" in cfg.features and cfg.reals and cfg.generators:
         stages.append(AnomalyReportStage(ctx, cfg.features["anomaly"], seed=cfg.run.seed))

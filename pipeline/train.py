@@ -28,7 +28,7 @@ def detect(
     from aigi.detectors.registry import get, names
     from aigi.manifests.rundir import RunDir
     from aigi.pipeline.cluster import SerialExecutor
-    from aigi.pipeline.config import EvaluateSection, load_config
+    from aigi.pipeline.config import load_config
     from aigi.pipeline.runner import run_stages
     from aigi.pipeline.stage import RunContext
     from aigi.pipeline.stages.detect import DetectStage
@@ -53,9 +53,9 @@ def detect(
                                   f"(cached: {', '.join(config.features) or 'none'})")
     ev = config.evaluate
     if protocols is not None:
-        ev = EvaluateSection(protocols=tuple(protocols), bootstrap=ev.bootstrap, seeds=ev.seeds)
+        ev = replace(ev, protocols=tuple(protocols))
     if seeds is not None:
-        ev = EvaluateSection(protocols=ev.protocols, bootstrap=ev.bootstrap, seeds=seeds)
+        ev = replace(ev, seeds=seeds)
     config = replace(config, detectors=chosen, evaluate=ev)
     ctx = RunContext(config, RunDir(root))
     stages = [DetectStage(ctx, name, chosen[name]) for name in (detectors or list(chosen))]

@@ -66,7 +66,7 @@ def test_registry_and_tiny():
 @pytest.mark.parametrize(
     "cls, table, key",
     [
-        (EgreConfig, {"mode": "end_to_end"}, "mode"),
+        (EgreConfig, {"mode": "online"}, "mode"),
         (EgreConfig, {"lare": "lare"}, "lare"),
         (EgreConfig, {"dropout": 1.0}, "dropout"),
         (ResnetDnfConfig, {"arch": "vgg16"}, "arch"),

@@ -20,7 +20,7 @@ import pyarrow.csv as pa_csv
 
 from aigi.core.configtools import to_dict
 from aigi.manifests.ids import fingerprint
-from aigi.manifests.schema import CROSS_METRICS, IMAGES, METRICS, PREDICTIONS, SPLITS
+from aigi.manifests.schema import CROSS_METRICS, IMAGES, METRICS, PERTURBATIONS, PREDICTIONS, SPLITS
 from aigi.manifests.shards import read_shard, read_shards, write_shard
 from aigi.pipeline.stage import RunContext, Stage, Unit
 from aigi.pipeline.stages.common import curated_shards, producer_of
@@ -50,21 +50,41 @@ class DetectStage(Stage):
         return get(self.detector)(self.config)
 
     def _shards(self) -> dict[str, list[Path]]:
-        """Each input column's feature shards."""
+        """Each feature input's shards (with the perturbed copies' when there are any)."""
+        from aigi.detectors.data import IMAGE
+
         det = self._make()
-        by_feature = {f: feature_shards(self.ctx, f, self.ctx.config.features[f]) for f in det.features()}
-        return {i: by_feature[i.split(".", 1)[0]] for i in det.inputs()}
+        by_feature = {f: feature_shards(self.ctx, f, self.ctx.config.features[f], perturbed=True)
+                      for f in det.features()}
+        return {i: by_feature[i.split(".", 1)[0]] for i in det.inputs() if i != IMAGE}
+
+    def _image_inputs(self) -> list[Path]:
+        """The image shards, for a head whose inputs include the pixels."""
+        from aigi.detectors.data import IMAGE
+        from aigi.pipeline.stages.features import featurized_shards
+
+        return featurized_shards(self.ctx) if IMAGE in self._make().inputs() else []
+
+    def _perturbations(self) -> list[Path]:
+        if not self.ctx.config.evaluate.perturbations:
+            return []
+        from aigi.pipeline.stages.perturb import perturbation_records
+
+        return perturbation_records(self.ctx)
 
     def plan(self) -> list[Unit]:
         shards = self._shards()
         splits = self.ctx.run.curation / "splits.parquet"
         evaluate = to_dict(self.ctx.config.evaluate)
         inputs_fp = fingerprint([DETECT_VERSION, evaluate, producer_of(splits),
-                                 {k: [producer_of(s) for s in v] for k, v in shards.items()}])
+                                 {k: [producer_of(s) for s in v] for k, v in shards.items()},
+                                 [producer_of(p) for p in self._perturbations()],
+                                 [producer_of(p) for p in self._image_inputs()]])
         producer = self._make().fingerprint(inputs_fp)
         out_dir = self.ctx.run.detector_dir(self.detector, producer[:12])
         payload = {"features": {k: [str(s) for s in v] for k, v in shards.items()}, "splits": str(splits),
-                   "dir": str(out_dir)}
+                   "dir": str(out_dir), "perturbations": [str(p) for p in self._perturbations()],
+                   "images": [str(p) for p in self._image_inputs()]}
         # metrics.parquet is written last: it marks the unit done
         return [Unit(self.label, self.detector, str(out_dir / "metrics.parquet"), producer, 0, payload)]
 
@@ -77,9 +97,22 @@ class DetectStage(Stage):
         out_dir.mkdir(parents=True, exist_ok=True)
         ev = self.ctx.config.evaluate
         splits = read_shard(unit.payload["splits"], SPLITS).to_pydict()
+        variant = np.array(["none"] * len(splits["image_id"]), dtype=object)
+        if unit.payload["perturbations"]:
+            # the perturbed copies: scored and evaluated as variants, never trained on
+            copies = read_shards([Path(p) for p in unit.payload["perturbations"]], PERTURBATIONS).to_pylist()
+            row_of = {i: k for k, i in enumerate(splits["image_id"])}
+            copies = [c for c in copies if c["original_id"] in row_of]
+            for key in ("label", "source"):
+                splits[key] = list(splits[key]) + [splits[key][row_of[c["original_id"]]] for c in copies]
+            splits["image_id"] = list(splits["image_id"]) + [c["image_id"] for c in copies]
+            splits["split"] = list(splits["split"]) + ["perturbed"] * len(copies)
+            variant = np.concatenate([variant, np.array([c["variant"] for c in copies], dtype=object)])
         split = np.asarray(splits["split"])
         data = FeatureSet.from_store({k: [Path(p) for p in v] for k, v in unit.payload["features"].items()},
                                      splits["image_id"], np.asarray(splits["label"]), np.asarray(splits["source"]))
+        if unit.payload["images"]:  # a head that reads the pixels (EGRE end to end)
+            data = data.with_images([Path(p) for p in unit.payload["images"]])
         train, val = data.subset(split == "train"), data.subset(split == "val")
         det = self._make().fit(train, val if len(np.unique(val.labels)) == 2 else None)
         det.save(out_dir / "model")
@@ -103,7 +136,14 @@ class DetectStage(Stage):
         def make() -> Any:
             return self._make()
 
-        extra = self._protocols(data, split, make, ev)
+        orig = split != "perturbed"
+        base, base_split = data.subset(orig), split[orig]
+        extra = self._protocols(base, base_split, make, ev)
+        if ev.perturbations:
+            # variants of the test images; the originals ("none") train and are evaluated beside them
+            robust_split = np.where(split == "perturbed", "test", split)
+            extra.append(protocols.robustness(data, robust_split, make, variant.astype(str),
+                                              intervals=ev.bootstrap > 0))
         protocol_rows = [r for res in extra for r in _long_rows(self.detector, res)]
         if protocol_rows:
             table = pa.Table.from_pylist(protocol_rows, schema=CROSS_METRICS.arrow)
@@ -111,7 +151,7 @@ class DetectStage(Stage):
             pa_csv.write_csv(table, out_dir / "protocols.csv")
         seeds = None
         if ev.seeds > 1:
-            seeds = protocols.over_seeds(lambda s: protocols.per_generator(data, split, protocols.reseed(make, s),
+            seeds = protocols.over_seeds(lambda s: protocols.per_generator(base, base_split, protocols.reseed(make, s),
                                                                            intervals=False), ev.seeds)
         test = split == "test"
         test_rows = [r for r in rows if r["split"] == "test"]
@@ -155,6 +195,9 @@ class DetectStage(Stage):
             if res.protocol == "cross_generator":
                 made["cross-generator AUROC (train → test)"] = plots.heatmap(
                     res.rows, "auroc", out_dir / "cross_generator.png").name
+            if res.protocol == "robustness":
+                made["AUROC per perturbation and generator (test)"] = plots.heatmap(
+                    res.rows, "auroc", out_dir / "robustness.png", row_key="variant", col_key="generator").name
         rows = [{"image_id": i, "source": s, "label": int(y), "score": float(p)}
                 for i, s, y, p in zip(data.ids[test], data.sources[test], data.labels[test], score[test], strict=True)]
         wrong_real, wrong_fake = plots.pick_mistakes(rows, 8)

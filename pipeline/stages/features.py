@@ -39,9 +39,21 @@ def feature_dir(ctx: RunContext, name: str, config: Any) -> Path:
     return ctx.run.feature_dir(name, make_extractor(name, config).fingerprint())
 
 
-def feature_shards(ctx: RunContext, name: str, config: Any) -> list[Path]:
+def featurized_shards(ctx: RunContext, perturbed: bool = True) -> list[Path]:
+    """The image shards the features are computed on: the curated ones, and the perturbed copies
+    of the test images when `[evaluate] perturbations` asks for them."""
+    shards = curated_shards(ctx)
+    if perturbed and ctx.config.evaluate.perturbations:
+        from aigi.pipeline.stages.common import planned_outputs
+
+        shards = shards + planned_outputs(ctx, "perturb")
+    return shards
+
+
+def feature_shards(ctx: RunContext, name: str, config: Any, perturbed: bool = False) -> list[Path]:
+    """A feature's shards, one per image shard (`perturbed`: the perturbed copies' too)."""
     base = feature_dir(ctx, name, config)
-    return [base / s.parent.name / s.name for s in curated_shards(ctx)]
+    return [base / s.parent.name / s.name for s in featurized_shards(ctx, perturbed)]
 
 
 def group_by_device(features: dict[str, Any]) -> list[dict[str, Any]]:
@@ -70,7 +82,7 @@ class FeatureStage(Stage):
 
     def plan(self) -> list[Unit]:
         units = []
-        for shard in curated_shards(self.ctx):
+        for shard in featurized_shards(self.ctx):
             outs = []
             for name, fp in self.fingerprints.items():
                 out = self.ctx.run.feature_dir(name, fp) / shard.parent.name / shard.name
