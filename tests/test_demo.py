@@ -176,3 +176,47 @@ def test_train_command_trains_another_head_on_the_cached_features(demo: tuple[Pa
     [folder] = out.glob("detectors/code_knn-*")
     det = load_detector(folder / "model")
     assert det.name == "code_knn" and (folder / "roc.png").exists() and not (folder / "protocols.parquet").exists()
+
+
+def test_egre_cached_and_end_to_end_on_the_demo_run(demo: tuple[Path, str]) -> None:
+    """LaRE²'s head on the demo's cached CLIP RN50 and LaRE features, and end to end: the CLIP
+    backbone (the demo's tiny one) fine-tuned from the curated images."""
+    import io
+    import json
+    from dataclasses import replace
+
+    from safetensors.numpy import load_file
+
+    from aigi.detectors.base import load_detector
+    from aigi.detectors.registry import get
+    from aigi.manifests.rundir import RunDir
+    from aigi.pipeline.cluster import SerialExecutor
+    from aigi.pipeline.config import load_config
+    from aigi.pipeline.runner import run_stages
+    from aigi.pipeline.stage import RunContext
+    from aigi.pipeline.stages.detect import DetectStage
+
+    out, _ = demo
+    config = load_config(out / "config.toml", out=str(out))
+    clip = json.loads((out / "models" / "tiny-clip_rn50" / ".aigi-tiny-config.json").read_text())
+
+    small = dict(heads=2, d_k=4, d_v=4, channel_hidden=8, epochs=2, batch_size=16, device="cpu")
+    egre = get("egre").Config
+    heads = {
+        "cached": egre(**small),
+        "end_to_end": egre(mode="end_to_end", clip_model=clip["model"], image_size=clip["image_size"],
+                           pad_mode=clip["pad_mode"], normalization=clip["normalization"], **small),
+    }
+    ctx = RunContext(replace(config, evaluate=replace(config.evaluate, protocols=("per_generator",), bootstrap=0)),
+                     RunDir(out))
+    for mode, cfg in heads.items():
+        stage = DetectStage(ctx, "egre", cfg)
+        [res] = run_stages([stage], SerialExecutor(), ctx.run.logs, io.StringIO())
+        [unit] = stage.plan()
+        folder = Path(unit.output).parent
+        det = load_detector(folder / "model")
+        assert det.config.mode == mode
+        metrics = pq.read_table(folder / "metrics.parquet").to_pylist()
+        assert any(r["generator"] == "all" and r["split"] == "test" for r in metrics)
+        arrays = load_file(str(folder / "model" / "state.safetensors"))
+        assert any(k.startswith("visual.") for k in arrays) == (mode == "end_to_end")
