@@ -38,7 +38,8 @@ class AnomalyReportStage(Stage):
         producer = fingerprint(["anomaly-report", REPORT_VERSION, self.seed, [producer_of(p) for p in features]])
         out = feature_dir(self.ctx, "anomaly", self.config) / "anomaly_scores.parquet"
         payload = {"features": [str(p) for p in features], "images": [str(p) for p in images]}
-        return [Unit(self.label, "anomaly_scores", str(out), producer, 0, payload)]
+        # a corpus-level summary, cheap to redo: replaced when the corpus changes
+        return [Unit(self.label, "anomaly_scores", str(out), producer, 0, payload, replaceable=True)]
 
     def process(self, unit: Unit, state: Any) -> dict[str, Any]:
         from aigi.features.anomaly import model_level_as

@@ -234,7 +234,8 @@ class DetectStage(Stage):
         text = protocol_report(f"{self.detector}", sections, notes, preprocessing=preprocessing,
                                normalization=normalization)
         (out_dir / "report.md").write_text(text, encoding="utf-8")
-        (out_dir / "table.txt").write_text(format_table(test_rows) + "\n", encoding="utf-8")
+        policy = f"feature preprocessing: {preprocessing}\ncorpus normalization: {normalization}\n"
+        (out_dir / "table.txt").write_text(format_table(test_rows) + "\n" + policy, encoding="utf-8")
 
 
 def _long_rows(detector: str, res: Any) -> list[dict]:
