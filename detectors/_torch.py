@@ -31,7 +31,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -541,3 +541,39 @@ class MapResNetHead(TorchHead):
             weight_decay=c.weight_decay, monitor=c.monitor, lr_patience=c.lr_patience, lr_factor=0.1,
             lr_drops=c.lr_drops, patience=c.patience, dtype=c.dtype,
         )
+
+
+@dataclass(frozen=True)
+class MapResNetConfig:
+    """The recipe fields the ResNet heads on feature maps share (DNF, DIRE); each head's config
+    subclasses it with its input and the defaults of its paper."""
+
+    feature: str = ""
+    column: str = ""
+    arch: Literal["resnet50", "resnet18"] = "resnet50"
+    normalize: Literal["none", "imagenet"] = "none"
+    crop: int = 0  # 0: the whole map
+    flip: bool = True
+    epochs: int = 10000
+    batch_size: int = 64
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    monitor: Literal["auroc", "acc"] = "auroc"
+    lr_patience: int = 5
+    lr_drops: int = 2
+    patience: int = 0  # epochs without improvement that stop training; 0: the plateau rule only
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from aigi.core.configtools import check
+
+        check(bool(self.feature), "feature", "must name a feature extractor")
+        check(bool(self.column), "column", "must name a feature column")
+        check(self.arch in ("resnet50", "resnet18"), "arch", f"must be resnet50 or resnet18, got {self.arch!r}")
+        check(self.normalize in ("none", "imagenet"), "normalize", f"must be none or imagenet, got {self.normalize!r}")
+        check(self.crop >= 0, "crop", f"must be >= 0, got {self.crop}")
+        check(self.lr_drops >= 0, "lr_drops", f"must be >= 0, got {self.lr_drops}")
+        check_recipe_fields(self, check)

@@ -12,14 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
 from aigi.core.configtools import check
-from aigi.detectors.base import Detector, check_labels
-from aigi.detectors.logreg import fit_logistic, logistic_score, pooled_matrix
+from aigi.detectors.logreg import LogReg
 
 if TYPE_CHECKING:
-    from aigi.detectors.data import FeatureSet
+    pass
 
 
 @dataclass(frozen=True)
@@ -44,50 +41,19 @@ class CodeLinearConfig:
         )
 
 
-class CodeLinear(Detector):
+class CodeLinear(LogReg):
+    """LogReg's fitting and numpy scoring, with CoDE's recipe: the raw embedding, no standardizing."""
+
     name = "code_linear"
-    version = 1
+    version = 2  # v2: the state of a LogReg (mean 0, scale 1)
     Config = CodeLinearConfig
 
-    def __init__(self, config: CodeLinearConfig) -> None:
-        super().__init__(config)
-        self.state_: dict[str, np.ndarray] | None = None
-        #: the fitted sklearn pipeline, for inspection only: not saved, None after `load`
-        self.sklearn_: Any = None
-
     @classmethod
-    def tiny(cls) -> tuple[CodeLinearConfig, dict[str, tuple[int, ...]]]:
+    def tiny(cls) -> tuple[CodeLinearConfig, dict[str, tuple[int, ...]]]:  # type: ignore[override]
         return CodeLinearConfig(), {"code.code": (32,)}
 
-    def _features(self, data: FeatureSet) -> np.ndarray:
-        return pooled_matrix(data, self.inputs()[0], None, self.name)
+    def _pool(self) -> int | None:
+        return None
 
-    def fit(self, train: FeatureSet, val: FeatureSet | None = None) -> CodeLinear:
-        check_labels(self.name, train.labels)
-        c = self.config
-        self.state_, self.sklearn_ = fit_logistic(
-            self._features(train), train.labels, C=c.C, max_iter=c.max_iter, class_weight=c.class_weight,
-            standardize=False, random_state=c.seed,
-        )
-        return self
-
-    def score(self, data: FeatureSet) -> np.ndarray:
-        if self.state_ is None:
-            raise RuntimeError(f"{self.name}: score() called before fit()")
-        feats = self._features(data)
-        if len(feats) == 0:
-            return np.zeros(0, dtype=np.float64)
-        if feats.shape[1] != len(self.state_["coef"]):
-            raise ValueError(f"{self.name}: fitted on {len(self.state_['coef'])}-d embeddings, got {feats.shape[1]}-d")
-        return logistic_score(feats, self.state_)
-
-    def get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        if self.state_ is None:
-            raise RuntimeError(f"{self.name}: nothing to save before fit()")
-        return {"coef": self.state_["coef"], "intercept": self.state_["intercept"]}, {}
-
-    def set_state(self, arrays: dict[str, np.ndarray], values: dict[str, Any]) -> None:
-        coef = np.asarray(arrays["coef"], dtype=np.float64)
-        self.state_ = {"mean": np.zeros_like(coef), "scale": np.ones_like(coef), "coef": coef,
-                       "intercept": np.asarray(arrays["intercept"], dtype=np.float64)}
-        self.sklearn_ = None
+    def _fit_options(self) -> dict[str, Any]:
+        return {"standardize": False, "random_state": self.config.seed}

@@ -149,20 +149,26 @@ class LogReg(Detector):
         """Raw features (N, C, H, W) or (N, D) -> the (N, features) float64 matrix the model sees."""
         return pool_features(x, self.config.pool, self.name, self.config.column)
 
+    def _pool(self) -> int | None:
+        """The pooled size of a map (None: the feature is used as it is)."""
+        return self.config.pool
+
+    def _fit_options(self) -> dict[str, Any]:
+        return {"standardize": self.config.standardize}
+
     def fit(self, train: FeatureSet, val: FeatureSet | None = None) -> LogReg:
         check_labels(self.name, train.labels)
-        feats = pooled_matrix(train, self.inputs()[0], self.config.pool, self.name)
+        feats = pooled_matrix(train, self.inputs()[0], self._pool(), self.name)
         c = self.config
         self.state_, self.sklearn_ = fit_logistic(
-            feats, train.labels, C=c.C, max_iter=c.max_iter, class_weight=c.class_weight,
-            standardize=c.standardize,
+            feats, train.labels, C=c.C, max_iter=c.max_iter, class_weight=c.class_weight, **self._fit_options()
         )
         return self
 
     def score(self, data: FeatureSet) -> np.ndarray:
         if self.state_ is None:
             raise RuntimeError(f"{self.name}: score() called before fit()")
-        feats = pooled_matrix(data, self.inputs()[0], self.config.pool, self.name)
+        feats = pooled_matrix(data, self.inputs()[0], self._pool(), self.name)
         if len(feats) == 0:
             return np.zeros(0, dtype=np.float64)
         n_features = len(self.state_["coef"])

@@ -32,44 +32,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aigi.core.configtools import check
-from aigi.detectors._torch import MapResNetHead, check_recipe_fields
+from aigi.detectors._torch import MapResNetConfig, MapResNetHead
 
 
 @dataclass(frozen=True)
-class ResnetDireConfig:
+class ResnetDireConfig(MapResNetConfig):
     feature: str = "dire"
     column: str = "dire"
-    arch: Literal["resnet50", "resnet18"] = "resnet50"
-    pretrained: str = ""  # local torchvision state_dict of `arch`; "": random init
     normalize: Literal["none", "imagenet"] = "imagenet"
-    crop: int = 224  # 0: the whole map
-    flip: bool = True
+    crop: int = 224
     epochs: int = 400
-    batch_size: int = 64
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    monitor: Literal["auroc", "acc"] = "auroc"
-    lr_patience: int = 5
-    lr_drops: int = 2
-    patience: int = 0  # epochs without improvement that stop training; 0: the plateau rule only
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    device: str = "auto"
-    seed: int = 0
+    pretrained: str = ""  # local torchvision state_dict of `arch`; "": random init
 
     def __post_init__(self) -> None:
-        check(bool(self.feature), "feature", "must name a feature extractor")
-        check(bool(self.column), "column", "must name a feature column")
-        check(self.arch in ("resnet50", "resnet18"), "arch", f"must be resnet50 or resnet18, got {self.arch!r}")
-        check(self.normalize in ("none", "imagenet"), "normalize", f"must be none or imagenet, got {self.normalize!r}")
-        check(self.crop >= 0, "crop", f"must be >= 0, got {self.crop}")
-        check(self.lr_drops >= 0, "lr_drops", f"must be >= 0, got {self.lr_drops}")
+        super().__post_init__()
         check(
             not self.pretrained or self.pretrained.endswith((".safetensors", ".pth", ".pt")),
             "pretrained",
             f"must be a .safetensors, .pth or .pt state_dict file, got {self.pretrained!r}",
         )
-        check_recipe_fields(self, check)
 
 
 class ResnetDire(MapResNetHead):
