@@ -132,6 +132,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from aigi.manifests.export import export_run
+
+    out = export_run(args.run, args.out, include_dropped=args.include_dropped)
+    print(f"exported {args.run} to {out} (a Hugging Face dataset folder: datasets.load_dataset({str(out)!r}))")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from aigi.manifests.verify import format_problems, verify_export, verify_run
+
+    path = Path(args.path)
+    if (path / "run.json").exists():
+        problems = verify_run(path)
+    elif (path / "README.md").exists() and (path / "data").is_dir():
+        problems = verify_export(path)
+    else:
+        raise FileNotFoundError(f"{path} is neither an aigi run directory (run.json) nor an export (README.md + data/)")
+    if problems:
+        print(format_problems(problems))
+        print(f"{path}: {len(problems)} problem(s)")
+        return 1
+    print(f"{path}: verified, no problem found")
+    return 0
+
+
 def _summary(cls: type) -> str:
     """First line of the class docstring, else of its module's (the file's own summary)."""
     doc = cls.__doc__ if "__doc__" in vars(cls) and cls.__doc__ else sys.modules[cls.__module__].__doc__
@@ -257,6 +283,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "leave_one_generator_out, leave_one_family_out, chronological")
         sp.add_argument("--seeds", type=int, help="train with this many seeds; report mean ± std")
         sp.set_defaults(func=_cmd_train)
+
+    sp = sub.add_parser("export", help="write a run as a Hugging Face dataset folder with its card",
+                        description="Write the curated corpus of a run as a Hugging Face dataset folder: "
+                        "data/<split>/*.parquet (Image and ClassLabel features) and a README.md dataset card "
+                        "with counts, generation settings, the normalization policy, the bias audit and checksums.")
+    sp.add_argument("run", help="the run directory")
+    sp.add_argument("--out", required=True, help="the export folder")
+    sp.add_argument("--include-dropped", action="store_true", help="also the rows deduplication dropped")
+    sp.set_defaults(func=_cmd_export)
+
+    sp = sub.add_parser("verify", help="check a run directory or an export; exit 1 with the problems",
+                        description="Check every shard opens with a schema this aigi reads, every planned "
+                        "output exists, every image decodes and matches its sha256, ids are unique and counts "
+                        "agree between stages (a run); or every data file matches the card's checksum (an export).")
+    sp.add_argument("path", help="a run directory or an export folder")
+    sp.set_defaults(func=_cmd_verify)
 
     sp = sub.add_parser("generators", help="list generator families, or a config's generators",
                         description="Without CONFIG: the registered generator families, their conditioning "

@@ -220,3 +220,36 @@ def test_egre_cached_and_end_to_end_on_the_demo_run(demo: tuple[Path, str]) -> N
         assert any(r["generator"] == "all" and r["split"] == "test" for r in metrics)
         arrays = load_file(str(folder / "model" / "state.safetensors"))
         assert any(k.startswith("visual.") for k in arrays) == (mode == "end_to_end")
+
+
+def test_export_and_verify_commands(demo: tuple[Path, str], tmp_path: Path, capsys) -> None:
+    """The issue's check: the exported demo loads, passes `aigi verify`, and a copy with one
+    flipped byte or a missing shard fails with the file named."""
+    import shutil
+
+    import datasets
+
+    out, _ = demo
+    assert main(["verify", str(out)]) == 0, capsys.readouterr().out
+    export = tmp_path / "export"
+    assert main(["export", str(out), "--out", str(export)]) == 0
+    ds = datasets.load_dataset(str(export), split="test")
+    assert ds.features["label"].names == ["real", "generated"] and ds[0]["image"].size == (64, 64)
+    assert main(["verify", str(export)]) == 0
+    capsys.readouterr()
+
+    flipped = tmp_path / "flipped"
+    shutil.copytree(export, flipped)
+    victim = sorted((flipped / "data" / "train").glob("*.parquet"))[0]
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    assert main(["verify", str(flipped)]) == 1
+    assert victim.relative_to(flipped).as_posix() in capsys.readouterr().out
+
+    missing = tmp_path / "missing"
+    shutil.copytree(export, missing)
+    gone = sorted((missing / "data" / "test").glob("*.parquet"))[0]
+    gone.unlink()
+    assert main(["verify", str(missing)]) == 1
+    assert gone.relative_to(missing).as_posix() in capsys.readouterr().out
