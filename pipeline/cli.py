@@ -97,29 +97,42 @@ def _detector_dir(result, run):
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from aigi.pipeline.runner import stage_status
+    import json
+
+    from aigi.pipeline.quarantine import quarantine_counts
+    from aigi.pipeline.runner import stage_costs, stage_status
 
     root = Path(args.run)
     if not (root / "run.json").exists():
         raise FileNotFoundError(f"{root} is not an aigi run directory (no run.json)")
-    from aigi.pipeline.quarantine import quarantine_counts
-
     rows = stage_status(root / "logs")
+    bad = quarantine_counts(root)
+    costs = stage_costs(root / "logs")
+    for r in rows:
+        r.update(bad.get(r["stage"], {"quarantined": 0, "skipped": 0}))
+        r["cost"] = costs.get(r["stage"])
+    if args.json:
+        print(json.dumps({"run": str(root), "stages": rows}, indent=1))
+        return 0
     if not rows:
         print(f"{root}: no stage planned yet")
         return 0
-    bad = quarantine_counts(root)
     width = max(len(r["stage"]) for r in rows)
-    print(f"{'stage':<{width}}  units done  {'items done':>16}")
+    print(f"{'stage':<{width}}  units done  {'items done':>16}  {'work s':>8} {'GPU s':>7} {'items/s':>8} {'peak GPU':>9}")
     for r in rows:
         state = "done" if r["done"] == r["total"] else "incomplete"
         items = f"{r['items_done']}/{r['items_total']} {r['item_name']}" if r["items_total"] else ""
-        q = bad.get(r["stage"])
-        extra = f"  ({q['quarantined']} quarantined, {q['skipped']} skipped)" if q else ""
-        print(f"{r['stage']:<{width}}  {r['done']:>4}/{r['total']:<5} {items:>16}  {state}{extra}")
+        c = r["cost"] or {}
+        rate = f"{c['items_per_s']:.1f}" if c.get("items_per_s") else "-"
+        peak = f"{c['peak_gpu_bytes'] / 2**30:.2f} GiB" if c.get("peak_gpu_bytes") else "-"
+        cost = f"{c.get('work_s', 0.0):>8.1f} {c.get('gpu_s', 0.0):>7.1f} {rate:>8} {peak:>9}" if c else f"{'-':>8} {'-':>7} {'-':>8} {'-':>9}"
+        extra = f"  ({r['quarantined']} quarantined, {r['skipped']} skipped)" if r["quarantined"] or r["skipped"] else ""
+        print(f"{r['stage']:<{width}}  {r['done']:>4}/{r['total']:<5} {items:>16}  {cost}  {state}{extra}")
     if bad:
         print(f"quarantine: {sum(q['quarantined'] for q in bad.values())} inputs could not be used, "
               f"{sum(q['skipped'] for q in bad.values())} files were not images; reasons in {root / 'quarantine'}")
+    print("work s: seconds of the units run (costs recorded per unit, the latest run of each); "
+          "GPU s: those on a GPU")
     return 0
 
 
@@ -133,6 +146,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "webdataset":
+        from aigi.manifests.export_wds import export_webdataset
+
+        out = export_webdataset(args.run, args.out, include_dropped=args.include_dropped)
+        print(f"exported {args.run} to {out} (WebDataset tar shards per split; manifest.json lists their sha256)")
+        return 0
     from aigi.manifests.export import export_run
 
     out = export_run(args.run, args.out, include_dropped=args.include_dropped)
@@ -264,9 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_exec_flags(sp)
     sp.set_defaults(func=_cmd_run)
 
-    sp = sub.add_parser("status", help="units done per stage of a run", description="Show, per stage, "
-                        "how many units of a run directory are done.")
+    sp = sub.add_parser("status", help="units done per stage of a run, and what they cost",
+                        description="Show, per stage, how many units of a run directory are done, the "
+                        "inputs quarantined, and the cost of the units run: seconds, GPU-seconds, items/s, "
+                        "peak GPU memory.")
     sp.add_argument("run", help="the run directory")
+    sp.add_argument("--json", action="store_true", help="one JSON object, for machines")
     sp.set_defaults(func=_cmd_status)
 
     for cmd, text in (
@@ -291,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run", help="the run directory")
     sp.add_argument("--out", required=True, help="the export folder")
     sp.add_argument("--include-dropped", action="store_true", help="also the rows deduplication dropped")
+    sp.add_argument("--format", choices=("hf", "webdataset"), default="hf",
+                    help="hf: a Hugging Face dataset folder (default); webdataset: tar shards per split")
     sp.set_defaults(func=_cmd_export)
 
     sp = sub.add_parser("verify", help="check a run directory or an export; exit 1 with the problems",

@@ -107,6 +107,7 @@ def run_stages(
                 f"stage {stage.label}: {len(failures)} of {len(pending)} units failed ({detail}). "
                 "Finished units are kept; re-run to redo the rest."
             ) from failures[0].error
+        record_costs(logs, stage.label, summaries)
         bad = sum(int(s.get("quarantined", 0)) for s in summaries)
         not_images = sum(int(s.get("skipped", 0)) for s in summaries)
         if bad or not_images:
@@ -120,6 +121,45 @@ def run_stages(
             )
         )
     return results
+
+
+def record_costs(logs: Path, label: str, summaries: list[dict[str, Any]]) -> None:
+    """Append each unit's cost (seconds, items, GPU, peak GPU memory) to logs/costs.jsonl, which
+    `aigi status` sums per stage."""
+    if not summaries:
+        return
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "costs.jsonl", "a", encoding="utf-8") as f:
+        for s in summaries:
+            f.write(json.dumps({
+                "stage": label, "unit": s.get("key"), "items": int(s.get("items", 0)),
+                "setup_s": round(float(s.get("setup_s", 0.0)), 4), "work_s": round(float(s.get("work_s", 0.0)), 4),
+                "gpu": bool(s.get("gpu", False)), "peak_gpu_bytes": int(s.get("peak_gpu_bytes", 0)),
+            }) + "\n")
+
+
+def stage_costs(logs: Path) -> dict[str, dict[str, Any]]:
+    """Per stage: units run, seconds of work (and GPU-seconds), images/s, peak GPU memory; the
+    latest record of each unit counts (a unit redone replaces its earlier cost)."""
+    path = logs / "costs.jsonl"
+    if not path.exists():
+        return {}
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            r = json.loads(line)
+            latest[(r["stage"], str(r["unit"]))] = r
+    out: dict[str, dict[str, Any]] = {}
+    for r in latest.values():
+        c = out.setdefault(r["stage"], {"units_run": 0, "items": 0, "work_s": 0.0, "gpu_s": 0.0, "peak_gpu_bytes": 0})
+        c["units_run"] += 1
+        c["items"] += r["items"]
+        c["work_s"] += r["work_s"]
+        c["gpu_s"] += r["work_s"] if r["gpu"] else 0.0
+        c["peak_gpu_bytes"] = max(c["peak_gpu_bytes"], r["peak_gpu_bytes"])
+    for c in out.values():
+        c["items_per_s"] = c["items"] / c["work_s"] if c["work_s"] > 0 else None
+    return out
 
 
 def forget_other_plans(logs: Path, labels: list[str]) -> None:

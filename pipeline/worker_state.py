@@ -59,16 +59,30 @@ def _empty_cuda_cache() -> None:
 
 
 def execute_unit(stage: Stage, unit: Unit) -> dict[str, Any]:
-    """Run one unit where this function is called (a Dask worker, or the current process)."""
+    """Run one unit where this function is called (a Dask worker, or the current process); the
+    summary carries its cost: seconds, the device, and the peak GPU memory it allocated."""
     t0 = time.perf_counter()
     state = state_for(stage)
     t1 = time.perf_counter()
+    cuda = _cuda()
+    if cuda is not None:
+        cuda.reset_peak_memory_stats()
     summary = dict(stage.process(unit, state) or {})
     summary.setdefault("items", unit.n_items)
     summary["key"] = unit.key
     summary["setup_s"] = t1 - t0
     summary["work_s"] = time.perf_counter() - t1
+    summary["gpu"] = cuda is not None and stage.gpu
+    summary["peak_gpu_bytes"] = int(cuda.max_memory_allocated()) if cuda is not None else 0
     return summary
+
+
+def _cuda() -> Any:
+    """torch.cuda when torch is loaded and a GPU is there (never imports torch itself)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch.cuda if torch is not None and torch.cuda.is_available() else None
 
 
 def clear() -> None:

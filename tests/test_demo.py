@@ -122,7 +122,7 @@ def test_rerun_is_fast_rewrites_nothing(demo: tuple[Path, str], capsys: pytest.C
 def test_status_reports_every_stage_done(demo: tuple[Path, str], capsys: pytest.CaptureFixture) -> None:
     out, _ = demo
     assert main(["status", str(out)]) == 0
-    lines = capsys.readouterr().out.splitlines()[1:]
+    lines = [ln for ln in capsys.readouterr().out.splitlines()[1:] if not ln.startswith("work s:")]
     stages = [ln.split()[0] for ln in lines]
     assert stages[:6] == ["ingest/photos", "prompts", "generate/tiny-sd-a", "generate/tiny-sd-b",
                           "aligned/tiny-sd-a-vae", "aligned/tiny-sd-a-img2img"]
@@ -131,6 +131,13 @@ def test_status_reports_every_stage_done(demo: tuple[Path, str], capsys: pytest.
     assert "features/lare+dnf+code+dire+anomaly+clip_rn50" in stages and "detect/logreg" in stages
     assert "report/anomaly" in stages
     assert all(ln.rstrip().endswith("done") and "incomplete" not in ln for ln in lines)
+    import json
+
+    assert main(["status", str(out), "--json"]) == 0
+    status = {r["stage"]: r for r in json.loads(capsys.readouterr().out)["stages"]}
+    gen = status["generate/tiny-sd-a"]["cost"]  # recorded per unit as it ran
+    assert gen["units_run"] == 3 and gen["items"] == 48 and gen["work_s"] > 0 and gen["items_per_s"] > 0
+    assert status["features/lare+dnf+code+dire+anomaly+clip_rn50"]["cost"]["items"] == 384
 
 
 def test_demo_writes_a_bias_audit_that_normalization_clears(demo: tuple[Path, str]) -> None:

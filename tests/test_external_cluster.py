@@ -1,0 +1,152 @@
+"""`aigi run --scheduler ADDRESS` on an external Dask cluster (a `dask scheduler` and two
+`dask worker` processes on loopback, one of them advertising a `GPU` resource) writes the same
+images as the same config run serially in this process."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+
+def png(seed: int, size: int = 32) -> bytes:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for p in reversed(procs):  # workers first, the scheduler last
+        if p.poll() is None:
+            p.terminate()
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[dict]:
+    """A scheduler and two single-threaded workers, all separate processes bound to 127.0.0.1;
+    the worker named `gpu` advertises GPU=1 (no GPU is needed: it only exercises the resource
+    path). Yields the scheduler address and the workers' addresses by name."""
+    from distributed import Client
+
+    base = tmp_path_factory.mktemp("cluster")
+    sched_file = base / "scheduler.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    logs = []
+    procs: list[subprocess.Popen] = []
+
+    def spawn(name: str, *args: str) -> None:
+        log = open(base / f"{name}.log", "wb")  # noqa: SIM115 - closed in finally
+        logs.append(log)
+        procs.append(subprocess.Popen([sys.executable, "-m", *args], env=env, cwd=base, stdout=log, stderr=log))
+
+    try:
+        spawn("scheduler", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+              "--no-dashboard", "--scheduler-file", str(sched_file))
+        deadline = time.monotonic() + 60
+        while not sched_file.exists() or not sched_file.read_text().strip():
+            assert procs[0].poll() is None, (base / "scheduler.log").read_text()
+            assert time.monotonic() < deadline, "scheduler did not start"
+            time.sleep(0.1)
+        address = json.loads(sched_file.read_text())["address"]
+        assert address.startswith("tcp://127.0.0.1:")
+        common = ["--scheduler-file", str(sched_file), "--host", "127.0.0.1", "--nthreads", "1",
+                  "--nworkers", "1", "--no-dashboard"]
+        spawn("worker-gpu", "distributed.cli.dask_worker", *common, "--name", "gpu", "--resources", "GPU=1")
+        spawn("worker-cpu", "distributed.cli.dask_worker", *common, "--name", "cpu")
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+            workers = {w["name"]: a for a, w in client.scheduler_info()["workers"].items()}
+        assert set(workers) == {"gpu", "cpu"}
+        yield {"address": address, "workers": workers}
+    finally:
+        stop(procs)
+        for log in logs:
+            log.close()
+
+
+@pytest.fixture(scope="module")
+def config_for(tmp_path_factory):
+    """8 tiny photos as [real] and one tiny SD generator making 8 images; no features."""
+    from aigi.generators.tiny import tiny_stable_diffusion
+    from aigi.pipeline.config import parse_config
+
+    base = tmp_path_factory.mktemp("inputs")
+    photos = base / "photos" / "cat"
+    photos.mkdir(parents=True)
+    for i in range(8):
+        (photos / f"{i}.png").write_bytes(png(i))
+    model = tiny_stable_diffusion(base / "sd", seed=4)
+
+    def make(out: Path):
+        return parse_config({
+            "run": {"out": str(out), "seed": 1},
+            "prompts": {"source": "classes", "classes": ["cat", "dog"], "templates": ["a photo of a {class}"]},
+            "real": {"path": str(base / "photos"), "class_from_folder": True, "unit_size": 4},
+            "generators": [{"name": "sd", "family": "stable_diffusion", "model": str(model), "steps": 2,
+                            "size": [32, 32], "images_per_prompt": 4, "batch_size": 2}],
+        })
+
+    return make
+
+
+def image_rows(run_dir: Path) -> list[tuple[str, str, str]]:
+    shards = sorted(p for p in (run_dir / "images").glob("**/*.parquet") if not p.name.startswith("."))
+    rows = pq.read_table(shards, columns=["image_id", "sha256", "source"]).to_pylist()
+    return sorted((r["image_id"], r["sha256"], r["source"]) for r in rows)
+
+
+@pytest.mark.slow  # ~40 s: each fresh worker process imports torch/diffusers once
+def test_run_on_an_external_cluster_matches_the_serial_run(cluster, config_for, tmp_path):
+    from distributed import Client, get_task_stream
+
+    from aigi.pipeline.run import run
+
+    out = io.StringIO()
+    with Client(cluster["address"]) as watcher, get_task_stream(client=watcher) as tasks:
+        report = run(config_for(tmp_path / "dask"), scheduler=cluster["address"], stream=out)
+    assert f"dask: {cluster['address']}" in out.getvalue()
+    assert {r.label: r.ran for r in report.results}["generate/sd"] > 0, out.getvalue()
+
+    # Dask's nanny starts workers with OMP_NUM_THREADS=1, and on a CPU a convolution's float sums
+    # depend on the number of threads: the serial run uses one thread too, for identical bytes.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(config_for(tmp_path / "serial"), serial=True, stream=io.StringIO())
+    finally:
+        torch.set_num_threads(threads)
+
+    rows = image_rows(tmp_path / "dask")
+    assert len(rows) == 16 and {s for *_, s in rows} == {"real", "sd"}
+    assert rows == image_rows(tmp_path / "serial")
+
+    # Units ran on the external workers; generation (a GPU stage) requested the GPU resource,
+    # so only the worker that advertises it ran those units.
+    ran = [(t["key"], t["worker"]) for t in tasks.data]
+    assert ran and {w for _, w in ran} <= set(cluster["workers"].values())
+    generate = [w for k, w in ran if str(k).startswith("generate/")]
+    assert generate and set(generate) == {cluster["workers"]["gpu"]}
+
+    # A second run against the same cluster finds every unit done and redoes none.
+    again = run(config_for(tmp_path / "dask"), scheduler=cluster["address"], stream=io.StringIO())
+    assert all(r.ran == 0 for r in again.results)
