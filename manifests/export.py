@@ -205,7 +205,6 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, include_d
 
     `out_dir` may not exist, be empty, or hold an earlier export (it is then replaced); anything
     else is refused."""
-    from aigi.pipeline.config import load_config, parse_config
     from aigi.pipeline.stage import RunContext
     from aigi.pipeline.stages.common import curated_shards, normalizing
 
@@ -213,22 +212,12 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, include_d
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not _is_export(out):
         raise FileExistsError(f"{out}: exists and is not an aigi export; choose an empty or new folder")
-    run_info = json.loads(rd.run_json.read_text(encoding="utf-8")) if rd.run_json.exists() else {}
-    if rd.config.exists():
-        config = load_config(rd.config, out=str(rd.root))
-    elif "config" in run_info:  # a run started from Python (no config text): its resolved config
-        data = dict(run_info["config"])
-        data["real"] = data.pop("reals", [])  # to_dict spells [[real]] as the field `reals`
-        config = parse_config(data, file=str(rd.run_json), out=str(rd.root))
-    else:
-        raise FileNotFoundError(f"{rd.root}: neither config.toml nor run.json; is this a run directory?")
+    config, run_info = _load_config(rd)
     ctx = RunContext(config, rd)
     normalized = normalizing(config)
     shards = curated_shards(ctx)
     cur = rd.curation
     dups = read_shard(cur / "duplicates.parquet", DUPLICATES)
-    pairs = read_shard(cur / "pairs.parquet", PAIRS, columns=["image_id", "pair_id", "pair_by"])
-    splits = read_shard(cur / "splits.parquet", SPLITS, columns=["image_id", "group", "split"])
 
     producer = fingerprint(["export", EXPORT_VERSION, include_dropped, run_info.get("config_fingerprint"),
                             [str(s.relative_to(rd.root)) for s in shards]])
@@ -247,25 +236,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, include_d
         writers: dict[tuple[str, str], _Writer] = {}
         exported_ids: list[str] = []
         revisions: dict[str, set[str]] = defaultdict(set)
-        for shard in _by_source(shards):
-            images = read_shard(shard, IMAGES)
-            ids = images.column("image_id")
-            keep = _lookup(ids, dups, "keep").fill_null(False)
-            split = _lookup(ids, splits, "split")
-            if include_dropped:
-                split = pc.if_else(pc.invert(keep), pa.scalar(DROPPED_SPLIT), split)
-            rows = images.append_column("dup_group", _lookup(ids, dups, "dup_group"))
-            rows = rows.append_column("keep", keep)
-            rows = rows.append_column("drop_reason", _lookup(ids, dups, "drop_reason"))
-            rows = rows.append_column("pair_id", _lookup(ids, pairs, "pair_id"))
-            rows = rows.append_column("pair_by", _lookup(ids, pairs, "pair_by"))
-            rows = rows.append_column("split_group", _lookup(ids, splits, "group"))
-            rows = rows.append_column("split", split)
-            # a row without a split is a dropped one (or, with include_dropped, one the split left out)
-            rows = rows.filter(pc.is_valid(rows.column("split")))
-            if not include_dropped:
-                rows = rows.filter(rows.column("keep"))
-            rows = rows.select(EXPORT.arrow.names).cast(EXPORT.arrow)
+        for rows in export_rows(run_dir, include_dropped):
             exported_ids += rows.column("image_id").to_pylist()
             for src, rev in zip(rows.column("source").to_pylist(), rows.column("revision").to_pylist(), strict=True):
                 if rev:
@@ -297,6 +268,54 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, include_d
         if tmp.exists():
             shutil.rmtree(tmp)
     return out
+
+
+def _load_config(rd: RunDir) -> tuple[Any, dict[str, Any]]:
+    """The run's config (config.toml, else run.json's resolved config) and run.json."""
+    from aigi.pipeline.config import load_config, parse_config
+
+    run_info = json.loads(rd.run_json.read_text(encoding="utf-8")) if rd.run_json.exists() else {}
+    if rd.config.exists():
+        return load_config(rd.config, out=str(rd.root)), run_info
+    if "config" in run_info:
+        data = dict(run_info["config"])
+        data["real"] = data.pop("reals", [])  # to_dict spells [[real]] as the field `reals`
+        return parse_config(data, file=str(rd.run_json), out=str(rd.root)), run_info
+    raise FileNotFoundError(f"{rd.root}: neither config.toml nor run.json; is this a run directory?")
+
+
+def export_rows(run_dir: str | os.PathLike, include_dropped: bool = False) -> Iterable[pa.Table]:
+    """The rows an export writes, one table (EXPORT schema) per curated shard, grouped by source:
+    the curated images (normalized when the run normalizes) with their curation columns, only the
+    rows the dedupe keeps unless `include_dropped` (those get split `dropped`)."""
+    from aigi.pipeline.stage import RunContext
+    from aigi.pipeline.stages.common import curated_shards
+
+    rd = RunDir(Path(run_dir))
+    config, _ = _load_config(rd)
+    cur = rd.curation
+    dups = read_shard(cur / "duplicates.parquet", DUPLICATES)
+    pairs = read_shard(cur / "pairs.parquet", PAIRS, columns=["image_id", "pair_id", "pair_by"])
+    splits = read_shard(cur / "splits.parquet", SPLITS, columns=["image_id", "group", "split"])
+    for shard in _by_source(curated_shards(RunContext(config, rd))):
+        images = read_shard(shard, IMAGES)
+        ids = images.column("image_id")
+        keep = _lookup(ids, dups, "keep").fill_null(False)
+        split = _lookup(ids, splits, "split")
+        if include_dropped:
+            split = pc.if_else(pc.invert(keep), pa.scalar(DROPPED_SPLIT), split)
+        rows = images.append_column("dup_group", _lookup(ids, dups, "dup_group"))
+        rows = rows.append_column("keep", keep)
+        rows = rows.append_column("drop_reason", _lookup(ids, dups, "drop_reason"))
+        rows = rows.append_column("pair_id", _lookup(ids, pairs, "pair_id"))
+        rows = rows.append_column("pair_by", _lookup(ids, pairs, "pair_by"))
+        rows = rows.append_column("split_group", _lookup(ids, splits, "group"))
+        rows = rows.append_column("split", split)
+        # a row without a split is a dropped one (or, with include_dropped, one the split left out)
+        rows = rows.filter(pc.is_valid(rows.column("split")))
+        if not include_dropped:
+            rows = rows.filter(rows.column("keep"))
+        yield rows.select(EXPORT.arrow.names).cast(EXPORT.arrow)
 
 
 def _is_export(path: Path) -> bool:

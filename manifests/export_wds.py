@@ -25,25 +25,18 @@ import os
 import shutil
 import tarfile
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from aigi.manifests.export import (
-    DROPPED_SPLIT,
     EXPORT,
-    _by_source,
-    _lookup,
+    _load_config,
     _sha256,
     _split_rank,
+    export_rows,
 )
 from aigi.manifests.rundir import RunDir
-from aigi.manifests.schema import DUPLICATES, IMAGES, PAIRS, SPLITS
-from aigi.manifests.shards import read_shard
 
 WDS_FORMAT = "aigi.webdataset"
 WDS_VERSION = 1
@@ -54,54 +47,6 @@ _TAR_FORMAT = tarfile.PAX_FORMAT
 _EXT = {"jpeg": "jpg", "jpg": "jpg", "png": "png", "webp": "webp", "gif": "gif", "bmp": "bmp",
         "tiff": "tif", "tif": "tif"}
 _BINARY = set(EXPORT.image_columns)
-
-
-def _load_config(rd: RunDir) -> tuple[Any, dict[str, Any]]:
-    """The run's config (config.toml, else run.json's resolved config) and run.json."""
-    from aigi.pipeline.config import load_config, parse_config
-
-    run_info = json.loads(rd.run_json.read_text(encoding="utf-8")) if rd.run_json.exists() else {}
-    if rd.config.exists():
-        return load_config(rd.config, out=str(rd.root)), run_info
-    if "config" in run_info:
-        data = dict(run_info["config"])
-        data["real"] = data.pop("reals", [])  # to_dict spells [[real]] as the field `reals`
-        return parse_config(data, file=str(rd.run_json), out=str(rd.root)), run_info
-    raise FileNotFoundError(f"{rd.root}: neither config.toml nor run.json; is this a run directory?")
-
-
-def export_rows(run_dir: str | os.PathLike, include_dropped: bool = False) -> Iterator[pa.Table]:
-    """The rows `aigi export` writes, one table (EXPORT schema) per curated shard, in shard order:
-    the curated images (normalized when the run normalizes) with their curation columns, only the
-    rows the dedupe keeps unless `include_dropped` (those get split `dropped`)."""
-    from aigi.pipeline.stage import RunContext
-    from aigi.pipeline.stages.common import curated_shards
-
-    rd = RunDir(Path(run_dir))
-    config, _ = _load_config(rd)
-    shards = curated_shards(RunContext(config, rd))
-    cur = rd.curation
-    dups = read_shard(cur / "duplicates.parquet", DUPLICATES)
-    pairs = read_shard(cur / "pairs.parquet", PAIRS, columns=["image_id", "pair_id", "pair_by"])
-    splits = read_shard(cur / "splits.parquet", SPLITS, columns=["image_id", "group", "split"])
-    for shard in _by_source(shards):
-        images = read_shard(shard, IMAGES)
-        ids = images.column("image_id")
-        keep = _lookup(ids, dups, "keep").fill_null(False)
-        split = _lookup(ids, splits, "split")
-        if include_dropped:
-            split = pc.if_else(pc.invert(keep), pa.scalar(DROPPED_SPLIT), split)
-        rows = images.append_column("dup_group", _lookup(ids, dups, "dup_group"))
-        rows = rows.append_column("keep", keep)
-        rows = rows.append_column("drop_reason", _lookup(ids, dups, "drop_reason"))
-        rows = rows.append_column("pair_id", _lookup(ids, pairs, "pair_id"))
-        rows = rows.append_column("pair_by", _lookup(ids, pairs, "pair_by"))
-        rows = rows.append_column("split_group", _lookup(ids, splits, "group"))
-        rows = rows.append_column("split", split)
-        rows = rows.filter(pc.is_valid(rows.column("split")))
-        if not include_dropped:
-            rows = rows.filter(rows.column("keep"))
-        yield rows.select(EXPORT.arrow.names).cast(EXPORT.arrow)
 
 
 def image_ext(fmt: str | None, data: bytes) -> str:

@@ -4,50 +4,22 @@ that re-export identically and that the webdataset real source ingests back."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from small_run import small_run
 
 from aigi.manifests.export_wds import export_rows, export_webdataset
-
-
-def png(seed: int, size: int = 32) -> bytes:
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC).save(buf, "PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """12 photos (one an exact copy, so dedupe drops a row) and one tiny SD generator; JPEG
     normalization, so the export carries the normalized bytes."""
-    from aigi.generators.tiny import tiny_stable_diffusion
-    from aigi.pipeline.config import parse_config
-    from aigi.pipeline.run import run
-
     base = tmp_path_factory.mktemp("wds")
-    photos = base / "photos" / "cat"
-    photos.mkdir(parents=True)
-    for i in range(11):
-        (photos / f"{i}.png").write_bytes(png(i))
-    (photos / "copy.png").write_bytes(png(3))
-    model = tiny_stable_diffusion(base / "sd", seed=4)
-    cfg = parse_config({
-        "run": {"out": str(base / "run"), "seed": 1},
-        "prompts": {"source": "classes", "classes": ["cat", "dog"], "templates": ["a photo of a {class}"]},
-        "real": {"path": str(base / "photos"), "class_from_folder": True, "unit_size": 6},
-        "generators": [{"name": "sd", "family": "stable_diffusion", "model": str(model), "steps": 2,
-                        "size": [32, 32], "images_per_prompt": 4, "batch_size": 4}],
-        "curation": {"normalize": {"format": "jpeg", "quality": 90}},
-    })
-    run(cfg, serial=True, stream=io.StringIO())
+    small_run(base, copy_of=3, curation={"normalize": {"format": "jpeg", "quality": 90}})
     return base / "run"
 
 

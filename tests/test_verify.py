@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from small_run import png, small_run
 
 from aigi.manifests.schema import IMAGES, Schema
 from aigi.manifests.shards import shard_meta, write_shard
@@ -25,38 +23,13 @@ from aigi.manifests.verify import (
 )
 
 
-def png(seed: int, size: int = 32) -> bytes:
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC).save(buf, "PNG")
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def clean_run(tmp_path_factory) -> Path:
     from aigi.core.configtools import to_dict
     from aigi.features.registry import get
-    from aigi.generators.tiny import tiny_stable_diffusion
-    from aigi.pipeline.config import parse_config
-    from aigi.pipeline.run import run
 
     base = tmp_path_factory.mktemp("verify")
-    photos = base / "photos" / "cat"
-    photos.mkdir(parents=True)
-    for i in range(12):
-        (photos / f"{i}.png").write_bytes(png(i))
-    model = tiny_stable_diffusion(base / "sd", seed=4)
-    clip = to_dict(get("clip_rn50").tiny(base / "clip"))
-    cfg = parse_config({
-        "run": {"out": str(base / "run"), "seed": 1},
-        "prompts": {"source": "classes", "classes": ["cat", "dog"], "templates": ["a photo of a {class}"]},
-        "real": {"path": str(base / "photos"), "class_from_folder": True, "unit_size": 6},
-        "generators": [{"name": "sd", "family": "stable_diffusion", "model": str(model), "steps": 2,
-                        "size": [32, 32], "images_per_prompt": 2, "batch_size": 4}],
-        "features": {"clip_rn50": clip},
-    })
-    run(cfg, serial=True, stream=io.StringIO())
+    small_run(base, images_per_prompt=2, features={"clip_rn50": to_dict(get("clip_rn50").tiny(base / "clip"))})
     return base / "run"
 
 
