@@ -369,6 +369,24 @@ def _call_arguments(pipe: Any) -> frozenset[str]:
     return frozenset(n for n, p in params.items() if p.kind in named and n != "self")
 
 
+def cached_pair(cache: Any, texts: list[str], encode: Any) -> tuple[Any, Any]:
+    """Two stacked per-text embeddings of `texts` (e.g. sequence and pooled), encoding each
+    distinct string not in `cache` (an LRU) once: `encode(missing) -> (batched a, batched b)`.
+    Caption corpora repeat few prompts per image, class-name corpora many: the text encoders
+    run once per string either way."""
+    import torch
+
+    distinct = list(dict.fromkeys(texts))
+    found = {t: e for t in distinct if (e := cache.get(t)) is not None}
+    missing = [t for t in distinct if t not in found]
+    if missing:
+        a, b = encode(missing)
+        found.update(zip(missing, zip(a, b, strict=True), strict=True))
+    for t in distinct:
+        cache.put(t, found[t])
+    return torch.stack([found[t][0] for t in texts]), torch.stack([found[t][1] for t in texts])
+
+
 def call_arguments(prompts: list[str], seeds: list[int], settings: Settings, **more: Any) -> dict[str, Any]:
     """The keyword arguments of one diffusers pipeline call for a batch: prompts, the drawn
     settings, one CPU generator per image, PIL output; `more` adds or overrides (a caller keeps

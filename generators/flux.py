@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from aigi.core.configtools import Invalid
 from aigi.core.lru import LRU
-from aigi.generators._pipeline import PipelineGenerator, generators
+from aigi.generators._pipeline import PipelineGenerator, cached_pair, generators
 from aigi.generators.base import GeneratorConfig
 from aigi.generators.settings import Settings, choices
 
@@ -126,18 +126,14 @@ class Flux(PipelineGenerator):
     def _embed(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Stacked T5 sequence embeddings and pooled CLIP embeddings of `texts`; each distinct
         uncached string is encoded once."""
-        import torch
 
-        found = {t: e for t in dict.fromkeys(texts) if (e := self._embeds.get(t)) is not None}
-        missing = [t for t in dict.fromkeys(texts) if t not in found]
-        if missing:
+        def encode(missing: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
             emb, pooled, _ = self.pipe.encode_prompt(
                 missing, device=self._device, max_sequence_length=self._max_sequence_length
             )
-            found.update(zip(missing, zip(emb, pooled, strict=True), strict=True))
-        for t, e in found.items():
-            self._embeds.put(t, e)
-        return (torch.stack([found[t][0] for t in texts]), torch.stack([found[t][1] for t in texts]))
+            return emb, pooled
+
+        return cached_pair(self._embeds, texts, encode)
 
     @classmethod
     def tiny(cls, folder: Path, name: str = "tiny", **overrides: Any) -> GeneratorConfig:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from aigi.core.configtools import Invalid
 from aigi.core.lru import LRU
-from aigi.generators._pipeline import PipelineGenerator, generators
+from aigi.generators._pipeline import PipelineGenerator, cached_pair, generators
 from aigi.generators.base import GeneratorConfig
 from aigi.generators.settings import Settings, choices
 
@@ -131,18 +131,14 @@ class PixArt(PipelineGenerator):
     def _embed(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Stacked T5 embeddings and attention masks of `texts`; each distinct uncached string
         is encoded once."""
-        import torch
 
-        found = {t: e for t in dict.fromkeys(texts) if (e := self._embeds.get(t)) is not None}
-        missing = [t for t in dict.fromkeys(texts) if t not in found]
-        if missing:
+        def encode(missing: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
             emb, mask, _, _ = self.pipe.encode_prompt(
                 missing, do_classifier_free_guidance=False, device=self._device, clean_caption=False
             )
-            found.update(zip(missing, zip(emb, mask, strict=True), strict=True))
-        for t, e in found.items():
-            self._embeds.put(t, e)
-        return (torch.stack([found[t][0] for t in texts]), torch.stack([found[t][1] for t in texts]))
+            return emb, mask
+
+        return cached_pair(self._embeds, texts, encode)
 
     @classmethod
     def tiny(cls, folder: Path, name: str = "tiny", **overrides: Any) -> GeneratorConfig:

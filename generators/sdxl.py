@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from aigi.core.configtools import Invalid
 from aigi.core.lru import LRU
-from aigi.generators._pipeline import PipelineGenerator, generators
+from aigi.generators._pipeline import PipelineGenerator, cached_pair, generators
 from aigi.generators.base import GeneratorConfig
 from aigi.generators.settings import SETTING_KEYS, Settings, choices
 
@@ -122,19 +122,14 @@ class StableDiffusionXL(PipelineGenerator):
 
     def _embed(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Stacked (hidden states, pooled) of `texts`, encoding each uncached string once."""
-        import torch
 
-        distinct = list(dict.fromkeys(texts))
-        found = {t: e for t in distinct if (e := self._embeds.get(t)) is not None}
-        missing = [t for t in distinct if t not in found]
-        if missing:
+        def encode(missing: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
             embeds, _, pooled, _ = self.pipe.encode_prompt(
                 missing, device=self._device, num_images_per_prompt=1, do_classifier_free_guidance=False
             )
-            found.update(zip(missing, zip(embeds, pooled, strict=True), strict=True))
-        for t in distinct:
-            self._embeds.put(t, found[t])
-        return torch.stack([found[t][0] for t in texts]), torch.stack([found[t][1] for t in texts])
+            return embeds, pooled
+
+        return cached_pair(self._embeds, texts, encode)
 
     @classmethod
     def tiny(cls, folder: Path, name: str = "tiny", **overrides: Any) -> GeneratorConfig:
