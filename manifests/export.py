@@ -118,6 +118,7 @@ class _FileInfo:
     rows: int = 0
     row_groups: int = 0
     size: int = 0
+    nbytes: int = 0  # the rows' Arrow size, as `datasets` counts a split's num_bytes
     sha256: str = ""
 
 
@@ -174,6 +175,7 @@ class _Writer:
         info = self.files[-1]
         info.rows += table.num_rows
         info.row_groups += 1
+        info.nbytes += table.nbytes
 
     def _close_file(self) -> None:
         if self._writer is not None:
@@ -410,7 +412,13 @@ def _card(rd: RunDir, config: Any, run_info: dict[str, Any], files: list[_FileIn
         "task_categories": ["image-classification"],
         "tags": ["ai-generated-image-detection", "aigi"],
         "configs": configs,
-        "dataset_info": {"features": _card_features()},
+        "dataset_info": {
+            "features": _card_features(),
+            "splits": [{"name": s, "num_bytes": sum(f.nbytes for f in files if f.split == s),
+                        "num_examples": sum(f.rows for f in files if f.split == s)} for s in splits],
+            "download_size": sum(f.size for f in files),
+            "dataset_size": sum(f.nbytes for f in files),
+        },
     }
     out = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", "", CARD_MARKER, ""]
     title = rd.root.resolve().name

@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 from aigi.manifests.rundir import RunDir
 from aigi.pipeline.config import RunConfig
+from aigi.pipeline.events import EventLog
 from aigi.pipeline.runinfo import write_run_json
 from aigi.pipeline.runner import StageResult, forget_other_plans, run_stages, write_if_changed
 from aigi.pipeline.stage import RunContext, Stage
@@ -111,12 +112,14 @@ def run(
     forget_other_plans(rundir.logs, [s.label for s in stages])
     dashboard = None
     if serial:
+        EventLog(rundir.logs).write("run_start", where="serial (this process)")
         results = run_stages(stages, SerialExecutor(), rundir.logs, stream)
     else:
         with open_client(config.dask, scheduler) as client:
             dashboard = dashboard_link(client)
             where = scheduler or config.dask.address or "embedded LocalCluster"
             stream.write(f"dask: {where}" + (f", dashboard {dashboard}" if dashboard else "") + "\n")
+            EventLog(rundir.logs).write("run_start", where=where, dashboard=dashboard)
             results = run_stages(stages, DaskExecutor(client), rundir.logs, stream)
     models: dict[str, Any] = {}
     for r in results:

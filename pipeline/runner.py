@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from aigi.pipeline.cluster import UnitFailed
+from aigi.pipeline.events import EventLog
 from aigi.pipeline.progress import Progress
 from aigi.pipeline.stage import Stage, Unit, is_done
 
@@ -77,6 +78,7 @@ def run_stages(
     `StageFailed` naming every failed unit; a re-run redoes only what is missing.
     """
     stream = stream or sys.stdout
+    events = EventLog(logs)
     results = []
     for order, stage in enumerate(stages):
         t0 = time.perf_counter()
@@ -90,24 +92,39 @@ def run_stages(
             continue
         if skipped:
             stream.write(f"  [{stage.label}] {skipped} of {len(units)} units already done, running {len(pending)}\n")
+        events.write("stage_start", stage.label, units=len(pending), of=len(units),
+                     items=sum(u.n_items for u in pending))
         progress = Progress(
             stage.label, len(pending), sum(u.n_items for u in pending), stage.item_name, stream
         )
         summaries, failures = [], []
-        for out in executor.map(stage, pending):
-            if isinstance(out, UnitFailed):
-                failures.append(out)
-                progress.update(0, failed=True)
-            else:
-                summaries.append(out)
-                progress.update(int(out.get("items", 0)))
+        try:
+            for out in executor.map(stage, pending):
+                if isinstance(out, UnitFailed):
+                    failures.append(out)
+                    events.unit_failed(stage.label, out.unit.key, out.error)
+                    progress.update(0, failed=True)
+                else:
+                    summaries.append(out)
+                    # recorded as each unit finishes, so a killed run keeps what it paid for
+                    record_costs(logs, stage.label, [out])
+                    events.write("unit_done", stage.label, unit=out.get("key"), items=int(out.get("items", 0)),
+                                 seconds=round(float(out.get("work_s", 0.0)), 3),
+                                 quarantined=int(out.get("quarantined", 0)))
+                    progress.update(int(out.get("items", 0)))
+        finally:
+            progress.close()
+        seconds = time.perf_counter() - t0
         if failures:
+            events.write("stage_failed", stage.label, failed=len(failures), ran=len(pending),
+                         seconds=round(seconds, 3))
             detail = "; ".join(str(f) for f in failures[:5])
             raise StageFailed(
                 f"stage {stage.label}: {len(failures)} of {len(pending)} units failed ({detail}). "
                 "Finished units are kept; re-run to redo the rest."
             ) from failures[0].error
-        record_costs(logs, stage.label, summaries)
+        events.write("stage_done", stage.label, ran=len(pending),
+                     items=sum(int(s.get("items", 0)) for s in summaries), seconds=round(seconds, 3))
         bad = sum(int(s.get("quarantined", 0)) for s in summaries)
         not_images = sum(int(s.get("skipped", 0)) for s in summaries)
         if bad or not_images:
@@ -117,7 +134,7 @@ def run_stages(
         results.append(
             StageResult(
                 stage.label, len(units), skipped, len(pending),
-                sum(int(s.get("items", 0)) for s in summaries), time.perf_counter() - t0, summaries,
+                sum(int(s.get("items", 0)) for s in summaries), seconds, summaries,
             )
         )
     return results

@@ -90,6 +90,13 @@ def test_card_front_matter_and_prose(exported, run_dir):
     assert feats["image"] == "image" and feats["mask"] == "image"
     assert feats["label"] == {"class_label": {"names": {"0": "real", "1": "generated"}}}
     assert front["license"] == "openrail-test"
+    import pyarrow.parquet as pq
+
+    for sp in front["dataset_info"]["splits"]:
+        files = sorted((exported / "data" / sp["name"]).glob("*.parquet"))
+        assert sp["num_examples"] == sum(pq.ParquetFile(f).metadata.num_rows for f in files) > 0
+        assert sp["num_bytes"] > 0
+    assert front["dataset_info"]["download_size"] == sum(f.stat().st_size for f in (exported / "data").rglob("*.parquet"))
     assert "**sd**: openrail-test" in text
     assert "**normalized** bytes" in text and '"format": "jpeg"' in text
     audit = (run_dir / "curation" / "bias_audit.md").read_text(encoding="utf-8")

@@ -114,3 +114,29 @@ def test_dask_executor_matches_serial(ctx: RunContext) -> None:
         with pytest.raises(StageFailed):
             (ctx.run.root / "toy" / "u0.parquet").unlink()
             run_stages([ToyStage(ctx, fail=frozenset({0}))], DaskExecutor(client), ctx.run.logs, io.StringIO())
+
+
+def test_events_log_records_each_unit_and_the_failure_with_its_traceback(ctx: RunContext) -> None:
+    from aigi.pipeline.events import read_events
+    from aigi.pipeline.runner import stage_costs
+
+    with pytest.raises(StageFailed):
+        run(ctx, ToyStage(ctx, fail=frozenset({2})))
+    events = read_events(ctx.run.logs)
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "stage_start" and kinds[-1] == "stage_failed"
+    done = [e for e in events if e["event"] == "unit_done"]
+    assert sorted(e["unit"] for e in done) == ["u0", "u1", "u3"] and all(e["items"] == 2 for e in done)
+    (failed,) = [e for e in events if e["event"] == "unit_failed"]
+    assert failed["unit"] == "u2" and "boom 2" in failed["error"] and "Traceback" in failed["traceback"]
+    assert all(e["stage"] == "toy" and e["time"].endswith("+00:00") for e in events)
+    # the finished units' costs are kept although the stage failed
+    assert stage_costs(ctx.run.logs)["toy"]["units_run"] == 3
+
+    run(ctx, ToyStage(ctx))  # redoes u2 only
+    later = read_events(ctx.run.logs)[len(events):]
+    assert [e["event"] for e in later] == ["stage_start", "unit_done", "stage_done"]
+    assert later[1]["unit"] == "u2" and later[2]["ran"] == 1
+    before = (ctx.run.logs / "events.jsonl").read_bytes()
+    run(ctx, ToyStage(ctx))  # nothing to do: nothing written
+    assert (ctx.run.logs / "events.jsonl").read_bytes() == before
