@@ -34,16 +34,33 @@ class RunSection:
 
 @dataclass(frozen=True)
 class DaskSection:
-    """Empty `address`: an embedded LocalCluster; "tcp://host:8786": an existing cluster."""
+    """Empty `address`: an embedded LocalCluster; "tcp://host:8786" or "tls://...": an existing cluster.
+
+    The embedded cluster listens on loopback only, with TLS and credentials made for this run
+    (`tls = true`), so other users of the machine cannot submit work to it. `dashboard_address` must
+    be on loopback unless `dashboard_public = true`. A stage whose units make no progress for
+    `stall_timeout` seconds while no worker can run them (none offers its resource) stops the run."""
 
     address: str = ""
     n_workers: int = 0  # 0: one per GPU, or one on a CPU-only machine
     threads_per_worker: int = 1
     dashboard_address: str = "127.0.0.1:0"
+    dashboard_public: bool = False
+    tls: bool = True
+    stall_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         check(self.n_workers >= 0, "n_workers", "must be >= 0 (0 = automatic)")
         check(self.threads_per_worker > 0, "threads_per_worker", "must be > 0")
+        check(self.stall_timeout > 0, "stall_timeout", "must be > 0 seconds")
+        # ":8787" binds every interface, like "0.0.0.0:8787"; "" turns the dashboard off
+        host = self.dashboard_address.rsplit(":", 1)[0].strip("[]")
+        check(
+            self.dashboard_public or not self.dashboard_address or host in ("127.0.0.1", "localhost", "::1"),
+            "dashboard_address",
+            f"{self.dashboard_address!r} is not on loopback: anyone who reaches it sees the run's "
+            "tasks and logs; set dashboard_public = true to allow it",
+        )
 
 
 @dataclass(frozen=True)
