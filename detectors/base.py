@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from aigi.core import atomic
 from aigi.core.configtools import build, to_dict
 from aigi.manifests.ids import fingerprint
 
@@ -75,10 +76,11 @@ class Detector:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         arrays, values = self.get_state()
-        save_file({k: _contiguous(v) for k, v in arrays.items()}, str(folder / STATE))
+        with atomic.atomic_path(folder / STATE) as tmp:
+            save_file({k: _contiguous(v) for k, v in arrays.items()}, str(tmp))
         manifest = {"name": self.name, "version": self.version, "config": to_dict(self.config), "state": values}
         # the manifest last: a folder with it is complete
-        (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
+        atomic.write_text(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
         return folder
 
     @classmethod

@@ -44,7 +44,10 @@ def _figure(size: tuple[int, int]) -> Figure:
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=DPI)  # no bbox "tight": the size stays what was asked
+    from aigi.core.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)  # no bbox "tight": the size stays what was asked
     return path
 
 

@@ -15,7 +15,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     print(DISCLAIMER)
     print(f"building the demo's tiny models and real-photo crops under {out} (once) ...")
-    text = prepare(out)
+    text = prepare(out, allow_existing=args.allow_existing_out)
     config = parse_config(tomllib.loads(text), file=str(out / "config.toml"))
     report = _run(config, text, args)
     _print_summary(report)
@@ -43,7 +43,8 @@ def _run(config, text, args):
     from aigi.pipeline.run import run
 
     print(f"run directory: {Path(config.run.out).resolve()}")
-    return run(config, config_text=text, scheduler=args.scheduler, serial=args.serial)
+    return run(config, config_text=text, scheduler=args.scheduler, serial=args.serial,
+               allow_existing=args.allow_existing_out)
 
 
 def _print_summary(report) -> None:
@@ -177,6 +178,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from aigi.pipeline.report_html import build_report
+
+    out = build_report(args.run, args.out, samples=args.samples)
+    print(out)
+    return 0
+
+
 def _summary(cls: type) -> str:
     """First line of the class docstring, else of its module's (the file's own summary)."""
     doc = cls.__doc__ if "__doc__" in vars(cls) and cls.__doc__ else sys.modules[cls.__module__].__doc__
@@ -266,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add_exec_flags(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--scheduler", metavar="ADDR", help="attach to an existing Dask scheduler (tcp://host:8786)")
         sp.add_argument("--serial", action="store_true", help="run units in this process, without Dask")
+        sp.add_argument("--allow-existing-out", action="store_true",
+                        help="write into a non-empty run directory that aigi did not make")
 
     sp = sub.add_parser("demo", help="run the whole pipeline offline on tiny random-weight models",
                         description="Run the whole pipeline offline on tiny random-weight stand-in models "
@@ -323,6 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "agree between stages (a run); or every data file matches the card's checksum (an export).")
     sp.add_argument("path", help="a run directory or an export folder")
     sp.set_defaults(func=_cmd_verify)
+
+    sp = sub.add_parser("report", help="write one self-contained HTML page about a run",
+                        description="Write one self-contained HTML page about a run (images inline, no "
+                        "external file or URL): its stages, counts per source and split, sample images "
+                        "(aligned fakes beside their real images), the bias audit and the detectors' "
+                        "metrics and plots. Prints the page's path.")
+    sp.add_argument("run", help="the run directory")
+    sp.add_argument("--out", help="the HTML file (default: RUN/report.html)")
+    sp.add_argument("--samples", type=int, default=8, help="images shown per source (default: 8)")
+    sp.set_defaults(func=_cmd_report)
 
     sp = sub.add_parser("generators", help="list generator families, or a config's generators",
                         description="Without CONFIG: the registered generator families, their conditioning "

@@ -13,6 +13,8 @@ import json
 import shutil
 from pathlib import Path
 
+from aigi.manifests.rundir import NotARunDir, RunDir
+
 DEMO_CLASSES = ("tench", "goldfish", "tree frog", "goldfinch", "volcano", "daisy", "lemon", "espresso")
 # Colour photographs that ship inside the scikit-image wheel (no download).
 DEMO_PHOTOS = (
@@ -22,6 +24,7 @@ DEMO_PHOTOS = (
 CROPS_PER_PHOTO = 12
 CROP = 64
 MARKER = ".aigi-complete"
+BUILDING = ".aigi-building"
 PHOTOS_VERSION = "jpeg"  # a demo folder built before the photos were JPEGs is rebuilt
 TINY_CONFIG = ".aigi-tiny-config.json"
 #: Every feature of the library, each on its own tiny random-weight model.
@@ -148,13 +151,22 @@ def _toml_str(path: Path) -> str:
 
 
 def build_once(folder: Path, build) -> bool:
-    """Run `build(folder)` unless a completed build is there; True when it built."""
+    """Run `build(folder)` unless a completed build is there; True when it built.
+
+    A folder is deleted only when an interrupted build of ours left it (it carries BUILDING);
+    a folder of the same name that aigi did not make is refused, never deleted."""
     if (folder / MARKER).exists():
         return False
     if folder.exists():
-        shutil.rmtree(folder)  # an interrupted build: start it over
+        if not (folder / BUILDING).exists():
+            raise NotARunDir(
+                f"{folder}: exists and was not made by aigi demo; choose another --out (nothing was deleted)")
+        shutil.rmtree(folder)  # our interrupted build: start it over
+    folder.mkdir(parents=True)
+    (folder / BUILDING).write_text("an aigi demo build; deleted and redone if it did not finish\n")
     build(folder)
     (folder / MARKER).write_text("ok\n")
+    (folder / BUILDING).unlink()
     return True
 
 
@@ -220,9 +232,10 @@ def build_photos(folder: Path, seed: int = 0) -> None:
     build_once(folder, make)
 
 
-def prepare(out: Path) -> str:
+def prepare(out: Path, allow_existing: bool = False) -> str:
     """Build the demo's inputs under `out` (once) and return its config text."""
     out = Path(out)
+    RunDir(out).claim(allow_existing)  # before building anything into it
     models, photos = out / "models", out / "inputs" / f"photos-{PHOTOS_VERSION}"
     tables = build_models(models)
     build_photos(photos)

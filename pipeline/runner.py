@@ -6,10 +6,12 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from aigi.core import atomic
 from aigi.pipeline.cluster import UnitFailed
 from aigi.pipeline.events import EventLog
 from aigi.pipeline.progress import Progress
@@ -43,10 +45,7 @@ def write_if_changed(path: Path, text: str) -> bool:
     """Write `text` unless the file already holds it, so a re-run rewrites nothing."""
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_text(path, text)
     return True
 
 
@@ -70,9 +69,13 @@ def record_plan(logs: Path, order: int, stage: Stage, units: list[Unit]) -> None
 
 
 def run_stages(
-    stages: list[Stage], executor: Executor, logs: Path, stream: TextIO | None = None
+    stages: list[Stage], executor: Executor, logs: Path, stream: TextIO | None = None,
+    before_work: Callable[[], None] | None = None,
 ) -> list[StageResult]:
     """Run each stage to completion before planning the next (later plans read earlier outputs).
+
+    `before_work` is called once, when the first stage with units to run has passed its checks
+    (a stale output refuses the stage before its plan or anything else is written).
 
     A failing unit does not stop its siblings: they finish and persist, then the stage raises
     `StageFailed` naming every failed unit; a re-run redoes only what is missing.
@@ -83,17 +86,21 @@ def run_stages(
     for order, stage in enumerate(stages):
         t0 = time.perf_counter()
         units = stage.plan()
-        record_plan(logs, order, stage, units)
-        pending = [u for u in units if not is_done(u)]
+        pending = [u for u in units if not is_done(u)]  # raises StaleOutput before anything is written
         skipped = len(units) - len(pending)
+        if pending and before_work is not None:
+            before_work()
+            before_work = None
+        record_plan(logs, order, stage, units)
         if not pending:
             stream.write(f"  [{stage.label}] {len(units)}/{len(units)} units already done, skipped\n")
             results.append(StageResult(stage.label, len(units), skipped, 0, 0, 0.0))
             continue
         if skipped:
             stream.write(f"  [{stage.label}] {skipped} of {len(units)} units already done, running {len(pending)}\n")
+        cleaned = clean_partials(logs.parent, pending)
         events.write("stage_start", stage.label, units=len(pending), of=len(units),
-                     items=sum(u.n_items for u in pending))
+                     items=sum(u.n_items for u in pending), partials_removed=[str(p) for p in cleaned])
         progress = Progress(
             stage.label, len(pending), sum(u.n_items for u in pending), stage.item_name, stream
         )
@@ -138,6 +145,22 @@ def run_stages(
             )
         )
     return results
+
+
+def clean_partials(root: Path, units: list[Unit]) -> list[Path]:
+    """Remove the temporary files that writers killed mid-write (SIGKILL, power loss) left in the
+    folders the units write to, before the units run again. Only one stage of a run runs at a
+    time (and one run per directory), so no live writer owns them."""
+    folders = {Path(out).parent for u in units for out, _ in u.outputs()}
+    gone: list[Path] = []
+    for folder in sorted(folders):
+        if not folder.is_dir():
+            continue
+        # the run root itself holds other stages' folders: only its own files there
+        walk = [folder] if folder.resolve() == root.resolve() else [folder, *(p for p in folder.rglob("*") if p.is_dir())]
+        for d in walk:
+            gone += atomic.clean_partials(d)
+    return gone
 
 
 def record_costs(logs: Path, label: str, summaries: list[dict[str, Any]]) -> None:

@@ -111,11 +111,17 @@ def test_datasets_loads_demo_images(demo: tuple[Path, str], tmp_path: Path) -> N
 def test_rerun_is_fast_rewrites_nothing(demo: tuple[Path, str], capsys: pytest.CaptureFixture) -> None:
     out, _ = demo
     before, counts = files_with_mtimes(out), row_counts(out)
+    events = (out / "logs" / "events.jsonl").read_text()
     assert main(["demo", "--out", str(out), "--serial"]) == 0
     printed = capsys.readouterr().out
     assert "already done, skipped" in printed
     assert "units  " not in printed.replace("units already", "")  # no unit ran
-    assert files_with_mtimes(out) == before
+    # the one file that changes: the event log gains the re-run's start, and nothing else
+    after = files_with_mtimes(out)
+    assert after.pop("logs/events.jsonl") != before.pop("logs/events.jsonl")
+    assert after == before
+    new = (out / "logs" / "events.jsonl").read_text()[len(events):].splitlines()
+    assert len(new) == 1 and '"event": "run_start"' in new[0]
     assert row_counts(out) == counts
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from aigi.core import atomic
 from aigi.manifests.ids import fingerprint
 from aigi.manifests.schema import ANOMALY_SCORES, IMAGES
 from aigi.manifests.shards import read_shards, write_shard
@@ -75,7 +76,7 @@ class AnomalyReportStage(Stage):
             })
         write_shard({k: [r[k] for r in rows] for k in ANOMALY_SCORES.arrow.names}, unit.output, ANOMALY_SCORES, unit.producer)
         n_real_bad = int(((labels == 0) & ~finite).sum())
-        Path(unit.output).with_suffix(".md").write_text(markdown(rows, n_real_bad), encoding="utf-8")
+        atomic.write_text(Path(unit.output).with_suffix(".md"), markdown(rows, n_real_bad))
         return {"items": len(ids), "rows": rows}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from aigi.core import atomic
 from aigi.manifests.ids import fingerprint
 from aigi.manifests.schema import BIAS_AUDIT, FREQUENCY_PARITY, IMAGES, MEASURES
 from aigi.manifests.shards import read_shards, write_shard
@@ -58,7 +59,7 @@ class AuditStage(Stage):
         parity_table = pa.concat_tables(parity)
         # the report first: the Parquet files are the unit's completion markers
         report = audit_markdown(list(tables.values())) + "\n" + parity_markdown(parity_table)
-        Path(unit.output).with_suffix(".md").write_text(report.rstrip() + "\n", encoding="utf-8")
+        atomic.write_text(Path(unit.output).with_suffix(".md"), report.rstrip() + "\n")
         write_shard(parity_table, unit.also[0][0], FREQUENCY_PARITY, unit.producer)
         write_shard(table, unit.output, BIAS_AUDIT, unit.producer)
         return {"items": table.num_rows, "format_only_auc": auc_by_moment(table)}

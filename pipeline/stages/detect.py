@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from aigi.core import atomic
+from aigi.core.atomic import atomic_path
 from aigi.core.configtools import to_dict
 from aigi.manifests.ids import fingerprint
 from aigi.manifests.schema import CROSS_METRICS, IMAGES, METRICS, PERTURBATIONS, PREDICTIONS, SPLITS
@@ -131,7 +133,8 @@ class DetectStage(Stage):
                 got = with_intervals(got, data.sources[m], data.labels[m], score[m], n=ev.bootstrap)
             rows += [{"detector": self.detector, "feature": "+".join(det.features()), "split": s, **r} for r in got]
         metrics = pa.Table.from_pylist([{k: r.get(k) for k in METRICS.arrow.names} for r in rows], schema=METRICS.arrow)
-        pa_csv.write_csv(metrics, out_dir / "metrics.csv")
+        with atomic_path(out_dir / "metrics.csv") as tmp:
+            pa_csv.write_csv(metrics, tmp)
 
         def make() -> Any:
             return self._make()
@@ -148,7 +151,8 @@ class DetectStage(Stage):
         if protocol_rows:
             table = pa.Table.from_pylist(protocol_rows, schema=CROSS_METRICS.arrow)
             write_shard(table, out_dir / "protocols.parquet", CROSS_METRICS, unit.producer)
-            pa_csv.write_csv(table, out_dir / "protocols.csv")
+            with atomic_path(out_dir / "protocols.csv") as tmp:
+                pa_csv.write_csv(table, tmp)
         seeds = None
         if ev.seeds > 1:
             seeds = protocols.over_seeds(lambda s: protocols.per_generator(base, base_split, protocols.reseed(make, s),
@@ -233,9 +237,9 @@ class DetectStage(Stage):
             sections.append(section(seeds, heading=f"per generator, mean ± std over {len(seeds.runs)} seeds"))
         text = protocol_report(f"{self.detector}", sections, notes, preprocessing=preprocessing,
                                normalization=normalization)
-        (out_dir / "report.md").write_text(text, encoding="utf-8")
+        atomic.write_text(out_dir / "report.md", text)
         policy = f"feature preprocessing: {preprocessing}\ncorpus normalization: {normalization}\n"
-        (out_dir / "table.txt").write_text(format_table(test_rows) + "\n" + policy, encoding="utf-8")
+        atomic.write_text(out_dir / "table.txt", format_table(test_rows) + "\n" + policy)
 
 
 def _long_rows(detector: str, res: Any) -> list[dict]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 
+from aigi.core import atomic
 from aigi.core.configtools import to_dict
 from aigi.manifests.ids import fingerprint
 from aigi.manifests.schema import DUPLICATES, IMAGES, NEAR_PAIRS, PAIRS, SPLIT_AUDIT, SPLITS
@@ -69,8 +70,8 @@ class SplitStage(Stage):
         audit = straddling(table, near)
         n_straddle = int(pc.sum(audit.column("straddles")).as_py() or 0)
         # the report first: the Parquet files are the unit's completion markers
-        Path(unit.output).with_name("split_audit.md").write_text(
-            audit_markdown(audit, n_straddle, split.near_duplicates), encoding="utf-8")
+        atomic.write_text(Path(unit.output).with_name("split_audit.md"),
+                          audit_markdown(audit, n_straddle, split.near_duplicates))
         write_shard(audit, unit.also[0][0], SPLIT_AUDIT, unit.producer)
         write_shard(table, unit.output, SPLITS, unit.producer)
         counts = {s: int(pc.sum(pc.equal(table.column("split"), s)).as_py() or 0) for s in ("train", "val", "test")}
