@@ -99,10 +99,14 @@ class _RunVerifier:
 
     # every Parquet file: opens, reads, carries a schema this aigi reads
     def check_files(self) -> None:
+        running = (self.root / ".aigi.lock").exists()  # a run is writing: its temporaries are live
         for folder in RUN_FOLDERS:
             base = self.root / folder
             if not base.is_dir():
                 continue
+            if not running:
+                for path in sorted(base.rglob(".*.tmp")):
+                    self.add(path, "partial file of an interrupted write (the stage's next run removes it)")
             for path in sorted(base.rglob("*.parquet")):
                 if path.name.startswith(".") or not path.is_file():  # a write in progress
                     continue
@@ -225,6 +229,19 @@ class _RunVerifier:
                 self.add(path, f"hashes {len(got)} rows, its image shard {self.rel(image)} has {len(want)}"
                          if len(got) != len(want) else
                          f"hash rows are not the image rows of {self.rel(image)} ({len(set(got) ^ set(want))} ids differ)")
+        # items that failed and were not retried yet: each retry shard covers its rows and its failures
+        for members in self.image_shards().values():
+            failed: dict[Path, int] = {}
+            for shard in members:
+                n = len(self.meta.get(shard, {}).get("extra", {}).get("failed") or [])
+                base = shard.with_name(shard.name.split("-retry-")[0].removesuffix(".parquet") + ".parquet")
+                failed[base] = failed.get(base, 0) + n
+                if "-retry-" in shard.name and shard in self.ids:
+                    failed[base] = failed.get(base, 0) - len(self.ids[shard]) - n
+            for base, n in failed.items():
+                if n > 0:
+                    self.add(base, f"{n} items of {base.parent.name} failed and are not retried yet (errors in the "
+                             "shard's metadata, `failed`); re-run to retry them")
         splits = self.root / "curation" / "splits.parquet"
         dups = self.root / "curation" / "duplicates.parquet"
         if self.readable(splits) and self.readable(dups):

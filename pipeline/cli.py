@@ -122,6 +122,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"{'stage':<{width}}  units done  {'items done':>16}  {'work s':>8} {'GPU s':>7} {'items/s':>8} {'peak GPU':>9}")
     for r in rows:
         state = "done" if r["done"] == r["total"] else "incomplete"
+        if r.get("failed_items"):
+            state += f", {r['failed_items']} items failed (a re-run retries them)"
+        if r.get("stale"):
+            state += f", {r['stale']} outputs from another config"
         items = f"{r['items_done']}/{r['items_total']} {r['item_name']}" if r["items_total"] else ""
         c = r["cost"] or {}
         rate = f"{c['items_per_s']:.1f}" if c.get("items_per_s") else "-"

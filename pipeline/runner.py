@@ -15,7 +15,7 @@ from aigi.core import atomic
 from aigi.pipeline.cluster import UnitFailed
 from aigi.pipeline.events import EventLog
 from aigi.pipeline.progress import Progress
-from aigi.pipeline.stage import Stage, Unit, is_done
+from aigi.pipeline.stage import SetupFailed, Stage, Unit, is_done
 
 
 class Executor(Protocol):
@@ -58,6 +58,7 @@ def record_plan(logs: Path, order: int, stage: Stage, units: list[Unit]) -> None
         "units": [
             {
                 "key": u.key,
+                "producer": u.producer,
                 "output": os.path.relpath(u.output, logs.parent),
                 "also": [os.path.relpath(o, logs.parent) for o, _ in u.also],
                 "items": u.n_items,
@@ -117,7 +118,8 @@ def run_stages(
                     record_costs(logs, stage.label, [out])
                     events.write("unit_done", stage.label, unit=out.get("key"), items=int(out.get("items", 0)),
                                  seconds=round(float(out.get("work_s", 0.0)), 3),
-                                 quarantined=int(out.get("quarantined", 0)))
+                                 quarantined=int(out.get("quarantined", 0)),
+                                 failed_items=int(out.get("failed_items", 0)))
                     progress.update(int(out.get("items", 0)))
         finally:
             progress.close()
@@ -125,6 +127,12 @@ def run_stages(
         if failures:
             events.write("stage_failed", stage.label, failed=len(failures), ran=len(pending),
                          seconds=round(seconds, 3))
+            setup = {str(f.error) for f in failures if isinstance(f.error, SetupFailed)}
+            if setup:  # one line: the cause is the stage's, not each unit's
+                raise StageFailed(
+                    f"{'; '.join(sorted(setup))} ({len(failures)} of {len(pending)} units not run; "
+                    "finished units are kept, re-run once it is fixed)"
+                ) from failures[0].error
             detail = "; ".join(str(f) for f in failures[:5])
             raise StageFailed(
                 f"stage {stage.label}: {len(failures)} of {len(pending)} units failed ({detail}). "
@@ -132,6 +140,10 @@ def run_stages(
             ) from failures[0].error
         events.write("stage_done", stage.label, ran=len(pending),
                      items=sum(int(s.get("items", 0)) for s in summaries), seconds=round(seconds, 3))
+        failed_items = sum(int(s.get("failed_items", 0)) for s in summaries)
+        if failed_items:
+            stream.write(f"  [{stage.label}] {failed_items} items failed and were left out (errors in "
+                         "logs/events.jsonl and `aigi status`); the next run retries just those\n")
         bad = sum(int(s.get("quarantined", 0)) for s in summaries)
         not_images = sum(int(s.get("skipped", 0)) for s in summaries)
         if bad or not_images:
@@ -213,23 +225,46 @@ def forget_other_plans(logs: Path, labels: list[str]) -> None:
 
 
 def stage_status(logs: Path) -> list[dict[str, Any]]:
-    """Per planned stage: units done / total, from the recorded plans and the files on disk."""
+    """Per planned stage: units done / total, from the recorded plans and the files on disk. A
+    unit is done when its outputs exist and carry the producer its plan recorded (a file left by
+    another config does not count); `failed_items` are items that failed and await their retry."""
     rows = []
     for p in sorted((logs / "plans").glob("*.json")):
         plan = json.loads(p.read_text(encoding="utf-8"))
-        done = [
-            u for u in plan["units"]
-            if all((logs.parent / o).exists() for o in [u["output"], *u.get("also", [])])
-        ]
+        done, stale, failed, retried = [], 0, 0, 0
+        for u in plan["units"]:
+            out = logs.parent / u["output"]
+            if not all((logs.parent / o).exists() for o in [u["output"], *u.get("also", [])]):
+                continue
+            meta = _meta(out)
+            if meta is None or ("producer" in u and meta["producer"] != u["producer"]):
+                stale += 1
+                continue
+            done.append(u)
+            failed += len(meta["extra"].get("failed") or [])
+            retried += u["items"] if "/retry-" in u["key"] else 0
         rows.append(
             {
                 "order": plan["order"],
                 "stage": plan["stage"],
                 "done": len(done),
                 "total": len(plan["units"]),
-                "items_done": sum(u["items"] for u in done),
-                "items_total": sum(u["items"] for u in plan["units"]),
+                "items_done": sum(u["items"] for u in done) - failed,
+                "items_total": sum(u["items"] for u in plan["units"] if "/retry-" not in u["key"]),
                 "item_name": plan["item_name"],
+                "failed_items": max(failed - retried, 0),
+                "stale": stale,
             }
         )
     return sorted(rows, key=lambda r: (r["order"], r["stage"]))
+
+
+def _meta(path: Path) -> dict[str, Any] | None:
+    from aigi.manifests.shards import ManifestError, shard_meta
+
+    if path.suffix != ".parquet":
+        return {"producer": None, "extra": {}}
+    try:
+        return shard_meta(path)
+    except (ManifestError, OSError):
+        return None

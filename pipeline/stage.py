@@ -20,6 +20,10 @@ class StaleOutput(RuntimeError):
     """An output exists but was produced by a different config or input."""
 
 
+class SetupFailed(RuntimeError):
+    """A stage's per-worker setup (loading its model) failed: no unit of it can run there."""
+
+
 @dataclass(frozen=True)
 class Unit:
     """One piece of work: small and picklable; the output path is its completion marker."""

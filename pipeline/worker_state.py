@@ -13,12 +13,15 @@ from collections import OrderedDict
 from typing import Any
 
 from aigi.core.devices import resolve_device
-from aigi.pipeline.stage import Stage, Unit
+from aigi.pipeline.stage import SetupFailed, Stage, Unit
 
 MAX_RESIDENT = 1
 
 _lock = threading.Lock()
 _cache: OrderedDict[str, Any] = OrderedDict()
+#: Setups that failed in this worker, by key: the next units of the stage fail at once with the
+#: same error instead of loading (and failing) again, unit after unit.
+_failed: dict[str, SetupFailed] = {}
 
 
 def state_for(stage: Stage) -> Any:
@@ -29,12 +32,19 @@ def state_for(stage: Stage) -> Any:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
+        if key in _failed:
+            raise _failed[key]
         while len(_cache) >= MAX_RESIDENT:
             _cache.popitem(last=False)
             gc.collect()
             _empty_cuda_cache()
         quiet_libraries()
-        state = stage.setup(resolve_device(stage.device_request()))
+        try:
+            state = stage.setup(resolve_device(stage.device_request()))
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            _failed[key] = SetupFailed(f"{stage.label}: setup failed: {type(e).__name__}: {msg}")
+            raise _failed[key] from e
         _cache[key] = state
         return state
 
@@ -88,3 +98,4 @@ def _cuda() -> Any:
 def clear() -> None:
     with _lock:
         _cache.clear()
+        _failed.clear()

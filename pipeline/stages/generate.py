@@ -5,11 +5,19 @@ a caption corpus of millions of prompts stays small. Each image draws its sampli
 from its seed; images of equal settings are generated together, in batches, and while the model
 makes one batch a thread pool encodes the previous one to PNG. A batch that runs out of GPU
 memory is split in halves and retried (counted in the unit's summary) instead of failing the run.
+
+An item that fails (the model raises on one prompt, or makes non-finite pixels) does not fail its
+unit: a batch that raises is retried image by image, the images that still fail are left out of
+the shard and listed, with their errors, in its metadata (`extra.failed`). The next run plans a
+retry unit for exactly those items, writing a new shard beside the first (no finished image is
+redone, and no shard changes once written, so later stages never see one change under them).
+A unit whose every item fails raises: that is not an item's problem.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -21,7 +29,7 @@ from aigi.generators.settings import Settings, draw
 from aigi.manifests.ids import content_id, derive_seed, fingerprint, sha256_bytes
 from aigi.manifests.imagebytes import encode_png
 from aigi.manifests.schema import IMAGES, PROMPTS
-from aigi.manifests.shards import check_shard, write_shard
+from aigi.manifests.shards import check_shard, shard_meta, write_shard
 from aigi.pipeline.stage import RunContext, Stage, Unit
 from aigi.pipeline.stages.common import shard_index
 
@@ -76,6 +84,9 @@ class GenerateStage(GeneratorStage):
 
     def process(self, unit: Unit, state: Generator) -> dict[str, Any]:
         items = read_items(unit.payload)
+        if unit.payload.get("only") is not None:  # a retry unit: just the items that failed before
+            only = set(unit.payload["only"])
+            items = [it for it in items if it["index"] in only]
         run_seed = self.ctx.config.run.seed
         seeds = [derive_seed(run_seed, self.gen.name, it["prompt_id"], it["k"]) for it in items]
         settings = [draw(self.gen, s) for s in seeds]
@@ -83,6 +94,7 @@ class GenerateStage(GeneratorStage):
         for i, st in enumerate(settings):
             groups.setdefault(st, []).append(i)
         rows: list[dict[str, Any] | None] = [None] * len(items)
+        failed: list[dict[str, Any]] = []
         stats = {"oom_retries": 0}
         provenance = {}
         # Encoding overlaps the model only when the model is not on the CPU: there it would only
@@ -95,10 +107,9 @@ class GenerateStage(GeneratorStage):
                 provenance[prov["scheduler"]] = prov
                 for lo in range(0, len(idx), self.gen.batch_size):
                     batch = idx[lo : lo + self.gen.batch_size]
-                    images = generate_with_retry(
-                        state, [items[i]["prompt"] for i in batch], [items[i]["class_id"] for i in batch],
-                        [seeds[i] for i in batch], st, stats,
-                    )
+                    batch, images = self._generate(state, items, seeds, batch, st, stats, failed)
+                    if not batch:
+                        continue
                     # PNG encoding of this batch overlaps the model's next batch.
                     encoded = pool.submit(lambda ims: [encode_png(im) for im in ims], images)
                     if threads == 1:
@@ -112,11 +123,37 @@ class GenerateStage(GeneratorStage):
                     assert row is not None
                     row["image"] = {"bytes": data, "path": f"{row['image_id']}.png"}
                     row["sha256"] = sha256_bytes(data)
-        table = pa.Table.from_pylist(rows, schema=IMAGES.arrow)
+        if failed and len(failed) == len(items):
+            raise ItemsFailed(f"every one of its {len(items)} images failed; the first: {failed[0]['error']}")
+        table = pa.Table.from_pylist([r for r in rows if r is not None], schema=IMAGES.arrow)
         # run.json keeps one record per generator; the schedulers a varied entry used are listed in it.
         first = {**next(iter(provenance.values())), "schedulers": sorted(provenance)}
-        write_shard(table, unit.output, IMAGES, unit.producer, extra={"generator": self.gen.name, "provenance": first})
-        return {"items": len(rows), "provenance": {self.gen.name: first}, **stats}
+        write_shard(table, unit.output, IMAGES, unit.producer,
+                    extra={"generator": self.gen.name, "provenance": first, "failed": failed})
+        return {"items": table.num_rows, "failed_items": len(failed), "provenance": {self.gen.name: first},
+                **stats}
+
+    def _generate(self, state: Generator, items: list[dict[str, Any]], seeds: list[int], batch: list[int],
+                  st: Settings, stats: dict[str, int], failed: list[dict[str, Any]]) -> tuple[list[int], list[Any]]:
+        """(the batch's items that succeeded, their images): a batch that raises is retried image
+        by image, and the images that still raise are recorded in `failed`."""
+        def one(b: list[int]) -> list[Any]:
+            return generate_with_retry(state, [items[i]["prompt"] for i in b], [items[i]["class_id"] for i in b],
+                                       [seeds[i] for i in b], st, stats)
+        try:
+            return batch, one(batch)
+        except Exception as e:  # noqa: BLE001 - narrowed below, item by item
+            if len(batch) == 1:
+                failed.append(_failure(items[batch[0]], seeds[batch[0]], e))
+                return [], []
+        good, images = [], []
+        for i in batch:
+            try:
+                images += one([i])
+                good.append(i)
+            except Exception as e:  # noqa: BLE001 - recorded with its error, retried next run
+                failed.append(_failure(items[i], seeds[i], e))
+        return good, images
 
     def _row(
         self, item: dict[str, Any], seed: int, st: Settings, prov: dict[str, Any], im: Any, honours: frozenset[str]
@@ -160,6 +197,40 @@ class GenerateStage(GeneratorStage):
         }
 
 
+class ItemsFailed(RuntimeError):
+    """Every item of a unit failed."""
+
+
+def _failure(item: dict[str, Any], seed: int, error: BaseException) -> dict[str, Any]:
+    return {"index": item["index"], "prompt_id": item["prompt_id"], "k": item["k"], "seed": seed,
+            "error": f"{type(error).__name__}: {str(error)[:500]}"}
+
+
+def failed_items(path: str | Path) -> list[dict[str, Any]]:
+    """The items a finished shard lists as failed (none for a shard written before failures
+    were recorded)."""
+    return list(shard_meta(path)["extra"].get("failed") or [])
+
+
+def retry_units(unit: Unit) -> list[Unit]:
+    """For a finished unit whose shard lists failed items: a unit for those items, then (if that
+    one has run and some still failed) one for those, and so on."""
+    out: list[Unit] = []
+    current = unit
+    while Path(current.output).exists() and shard_meta(current.output)["producer"] == current.producer:
+        failed = failed_items(current.output)
+        if not failed:
+            break
+        indices = sorted(f["index"] for f in failed)
+        producer = fingerprint([unit.producer, "retry", indices])
+        base = Path(unit.output)
+        retry_out = base.with_name(f"{base.stem}-retry-{producer[:8]}.parquet")
+        current = Unit(unit.stage, f"{unit.key}/retry-{producer[:8]}", str(retry_out), producer,
+                       len(indices), {**unit.payload, "only": indices})
+        out.append(current)
+    return out
+
+
 def plan_units(stage: GenerateStage, prompts_path: str, prompt_ids: list[str]) -> list[Unit]:
     """Units of `unit_size` consecutive (prompt, k) items; the payload is a row range."""
     gen, k = stage.gen, stage.gen.images_per_prompt
@@ -175,7 +246,8 @@ def plan_units(stage: GenerateStage, prompts_path: str, prompt_ids: list[str]) -
         # table leave the earlier units' shards as they are.
         out = stage.ctx.run.image_dir(gen.name) / f"{shard_index(i)}-{producer[:8]}.parquet"
         payload = {"prompts": prompts_path, "lo": lo, "hi": hi, "per_prompt": k}
-        units.append(Unit(stage.label, f"{gen.name}/{shard_index(i)}", str(out), producer, hi - lo, payload))
+        unit = Unit(stage.label, f"{gen.name}/{shard_index(i)}", str(out), producer, hi - lo, payload)
+        units += [unit, *retry_units(unit)]
     return units
 
 
@@ -195,7 +267,7 @@ def read_items(payload: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for j in range(lo, hi):
         row = rows[j // k - (offset or 0)]
-        out.append({**row, "k": j % k})
+        out.append({**row, "k": j % k, "index": j})
     return out
 
 
