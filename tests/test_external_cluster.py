@@ -5,17 +5,13 @@ images as the same config run serially in this process."""
 from __future__ import annotations
 
 import io
-import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from cluster_util import Cluster
 from PIL import Image
 
 
@@ -27,59 +23,19 @@ def png(seed: int, size: int = 32) -> bytes:
     return buf.getvalue()
 
 
-def stop(procs: list[subprocess.Popen]) -> None:
-    for p in reversed(procs):  # workers first, the scheduler last
-        if p.poll() is None:
-            p.terminate()
-    for p in reversed(procs):
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[dict]:
     """A scheduler and two single-threaded workers, all separate processes bound to 127.0.0.1;
     the worker named `gpu` advertises GPU=1 (no GPU is needed: it only exercises the resource
     path). Yields the scheduler address and the workers' addresses by name."""
-    from distributed import Client
-
-    base = tmp_path_factory.mktemp("cluster")
-    sched_file = base / "scheduler.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    logs = []
-    procs: list[subprocess.Popen] = []
-
-    def spawn(name: str, *args: str) -> None:
-        log = open(base / f"{name}.log", "wb")  # noqa: SIM115 - closed in finally
-        logs.append(log)
-        procs.append(subprocess.Popen([sys.executable, "-m", *args], env=env, cwd=base, stdout=log, stderr=log))
-
+    c = Cluster(tmp_path_factory.mktemp("cluster"), {"gpu": ["--resources", "GPU=1"], "cpu": []})
     try:
-        spawn("scheduler", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-              "--no-dashboard", "--scheduler-file", str(sched_file))
-        deadline = time.monotonic() + 60
-        while not sched_file.exists() or not sched_file.read_text().strip():
-            assert procs[0].poll() is None, (base / "scheduler.log").read_text()
-            assert time.monotonic() < deadline, "scheduler did not start"
-            time.sleep(0.1)
-        address = json.loads(sched_file.read_text())["address"]
-        assert address.startswith("tcp://127.0.0.1:")
-        common = ["--scheduler-file", str(sched_file), "--host", "127.0.0.1", "--nthreads", "1",
-                  "--nworkers", "1", "--no-dashboard"]
-        spawn("worker-gpu", "distributed.cli.dask_worker", *common, "--name", "gpu", "--resources", "GPU=1")
-        spawn("worker-cpu", "distributed.cli.dask_worker", *common, "--name", "cpu")
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=60)
-            workers = {w["name"]: a for a, w in client.scheduler_info()["workers"].items()}
-        assert set(workers) == {"gpu", "cpu"}
-        yield {"address": address, "workers": workers}
+        c.start()
+        workers = c.workers()
+        assert c.address.startswith("tcp://127.0.0.1:") and set(workers) == {"gpu", "cpu"}
+        yield {"address": c.address, "workers": workers}
     finally:
-        stop(procs)
-        for log in logs:
-            log.close()
+        c.stop()
 
 
 @pytest.fixture(scope="module")
