@@ -157,3 +157,32 @@ def test_demo_refuses_to_delete_a_folder_it_did_not_make(tmp_path: Path) -> None
     with pytest.raises(NotARunDir, match="tiny-sd-a"):
         prepare(out)
     assert (user / "mine.txt").read_text() == "keep me"
+
+
+def test_a_full_disk_fails_the_unit_leaves_no_partial_and_the_rerun_completes(
+        finished: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import pyarrow.parquet as pq
+
+    from aigi.pipeline.runner import StageFailed
+
+    root = finished / "run"
+    victim = sorted((root / "images").rglob("shard-*.parquet"))[0]
+    victim.unlink()
+    real_write = pq.write_table
+
+    def full_disk(table, where, *args, **kwargs):
+        Path(where).write_bytes(b"PAR1 half a file")  # some bytes made it before the disk filled
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", full_disk)
+    with pytest.raises(StageFailed, match="No space left on device"):
+        run(_config(finished), config_text="# seed 1\n", serial=True, stream=io.StringIO())
+    assert not victim.exists() and not [p for p in root.rglob("*.tmp")]
+    monkeypatch.setattr(pq, "write_table", real_write)
+    run(_config(finished), config_text="# seed 1\n", serial=True, stream=io.StringIO())
+    assert victim.exists()
+    from aigi.manifests.verify import verify_run
+
+    assert verify_run(root) == []
