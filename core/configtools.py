@@ -9,6 +9,7 @@ dataclass itself by raising `Invalid` from `__post_init__`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -16,6 +17,10 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 class ConfigError(ValueError):
     """A bad config. The message names the file and the key."""
+
+
+class NotFinite(ConfigError):
+    """A float key given as inf or nan (TOML allows both): no setting in aigi means either."""
 
 
 class Invalid(ValueError):
@@ -80,11 +85,16 @@ def convert(tp: Any, value: Any, key: str, file: str) -> Any:
         tables = [a for a in args if dataclasses.is_dataclass(a)]
         if isinstance(value, dict) and len(tables) == 1:  # a table can only be that one: its error
             return convert(tables[0], value, key, file)
+        not_finite = None
         for a in args:
             try:
                 return convert(a, value, key, file)
+            except NotFinite as e:  # the value has the right shape: its own error is the clear one
+                not_finite = e
             except ConfigError:
                 pass
+        if not_finite is not None:
+            raise not_finite
         raise ConfigError(f"{file}: {key}: expected {_tname_type(tp)}, got {_tname(value)} {value!r}")
     if origin is tuple:
         args = get_args(tp)
@@ -111,6 +121,8 @@ def convert(tp: Any, value: Any, key: str, file: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{file}: {key}: expected a number, got {_tname(value)} {value!r}")
+        if not math.isfinite(value):
+            raise NotFinite(f"{file}: {key}: must be a finite number, got {value}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

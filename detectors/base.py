@@ -37,6 +37,8 @@ class Detector:
     name: ClassVar[str]
     version: ClassVar[int]
     Config: ClassVar[type]
+    #: Config keys naming pretrained weights (a hub id, a local folder or file).
+    MODEL_KEYS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -50,9 +52,12 @@ class Detector:
         return sorted({i.split(".", 1)[0] for i in self.inputs()})
 
     def fingerprint(self, inputs_fingerprint: str) -> str:
-        return fingerprint(
-            {"name": self.name, "version": self.version, "config": to_dict(self.config), "inputs": inputs_fingerprint}
-        )
+        """Config, weights and inputs; a local weights file or folder counts by its content, never
+        by its path (the same run from another directory keeps its detectors)."""
+        cfg = to_dict(self.config)
+        for key in self.MODEL_KEYS:
+            cfg[key] = _weights_of(cfg.get(key) or "")
+        return fingerprint({"name": self.name, "version": self.version, "config": cfg, "inputs": inputs_fingerprint})
 
     def fit(self, train: FeatureSet, val: FeatureSet | None = None) -> Detector:
         raise NotImplementedError
@@ -121,3 +126,19 @@ def _contiguous(a: Any) -> Any:
     import numpy as np
 
     return np.ascontiguousarray(a)
+
+
+def _weights_of(model: str) -> str:
+    """A local weights file or folder by its content hash; anything else (a hub id, "") as is."""
+    from pathlib import Path
+
+    path = Path(model)
+    if path.is_file():
+        from aigi.manifests.ids import sha256_file
+
+        return "sha256:" + sha256_file(path)
+    if path.is_dir():
+        from aigi.manifests.revision import resolve_revision
+
+        return "folder:" + resolve_revision(model)
+    return model

@@ -233,6 +233,7 @@ class EgreHead(TorchHead):
     name = "egre"
     version = 1
     Config = EgreConfig
+    MODEL_KEYS = ("clip_model",)
 
     def __init__(self, config: EgreConfig) -> None:
         super().__init__(config)

@@ -57,6 +57,7 @@ class ResnetDire(MapResNetHead):
     name = "resnet_dire"
     version = 1
     Config = ResnetDireConfig
+    MODEL_KEYS = ("pretrained",)
     FLOAT_SCALE = 0.5  # DIRE in [0, 2] -> the [0, 1] of the uint8 maps / 255
 
     @classmethod

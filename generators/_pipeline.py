@@ -2,10 +2,12 @@
 
 A family subclasses `PipelineGenerator` and implements `_from_pretrained()` (the pipeline, built
 on the CPU in the config's dtype) and `_batch(prompts, class_ids, seeds, settings)` (one call
-of the pipeline for at most `batch_size` images, one CPU generator per image). Everything else —
+of the pipeline for at most `batch_size` images, one CPU generator per image, with
+`output_type="np"`). Everything else —
 moving to the device, eval mode, channels-last and `torch.compile` of the denoiser, the
 scheduler cache, batching under `inference_mode`, the provenance record, pickling without the
-model — happens here, the same way for every family.
+model, turning the float pixels into images (`checked_images`: an image with a NaN or infinite
+value is an error, never a black row) — happens here, the same way for every family.
 
 Aligned modes (`aigi.generators._aligned`) are implemented here once for every family; a family
 only declares which it supports (`aligned_modes`):
@@ -94,7 +96,9 @@ class PipelineGenerator(Generator):
 
     def _batch(
         self, prompts: list[str], class_ids: list[int | None], seeds: list[int], settings: Settings
-    ) -> list[Image.Image]:
+    ) -> Any:
+        """The pipeline's `output_type="np"` images: (N, H, W, C) floats in [0, 1], or a list of
+        (H, W, C) arrays (PIL images only from a pipeline that has no "np" output)."""
         raise NotImplementedError
 
     def _denoiser_name(self, pipe: Any) -> str:
@@ -148,8 +152,9 @@ class PipelineGenerator(Generator):
         images: list[Image.Image] = []
         with torch.inference_mode():
             for lo in range(0, len(seeds), bs):
-                out = self._batch(prompts[lo : lo + bs], class_ids[lo : lo + bs], seeds[lo : lo + bs], settings)
-                images += [im.convert("RGB") for im in out]
+                sl = slice(lo, lo + bs)
+                out = self._batch(prompts[sl], class_ids[sl], seeds[sl], settings)
+                images += [im.convert("RGB") for im in checked_images(out, self.config.name, prompts[sl], seeds[sl])]
         return images
 
     def _safety_checker(self) -> bool:
@@ -210,7 +215,9 @@ class PipelineGenerator(Generator):
             if mode == "vae_roundtrip":
                 with self._vae_precision() as vae:
                     for lo in range(0, n, bs):
-                        images += self._roundtrip(vae, target, parents[lo : lo + bs], seeds[lo : lo + bs])
+                        sl = slice(lo, lo + bs)
+                        out = self._roundtrip(vae, target, parents[sl], seeds[sl])
+                        images += checked_images(out, self.config.name, prompts[sl], seeds[sl])
             else:
                 scheduler = self._schedulers.get(settings.scheduler)
                 if scheduler is not None:
@@ -219,10 +226,11 @@ class PipelineGenerator(Generator):
                         target.decoder_pipe.scheduler = scheduler
                 for lo in range(0, n, bs):
                     sl = slice(lo, lo + bs)
-                    images += self._aligned_batch(
+                    out = self._aligned_batch(
                         target, self._derived[mode][1], parents[sl], masks[sl], prompts[sl], seeds[sl],
                         settings, strength,
                     )
+                    images += checked_images(out, self.config.name, prompts[sl], seeds[sl])
         if len(images) != n:
             raise RuntimeError(f"generator {self.config.name!r}: got {len(images)} images for {n} parents")
         return [im if im.mode == "RGB" else im.convert("RGB") for im in images]
@@ -276,7 +284,7 @@ class PipelineGenerator(Generator):
     def _aligned_batch(
         self, pipe: Any, accepts: frozenset[str], parents: list[Image.Image], masks: list[Image.Image | None], prompts: list[str],
         seeds: list[int], settings: Settings, strength: float,
-    ) -> list[Image.Image]:
+    ) -> list[Any]:
         negative = settings.negative_prompt if "negative_prompt" in self.honours else ""
         call = call_arguments(prompts, seeds, settings, image=list(parents), mask_image=list(masks), strength=strength)
         # "" means none: diffusers' None (SDXL's zero embedding, as the sdxl family does)
@@ -331,7 +339,7 @@ class PipelineGenerator(Generator):
             vae.to(dtype=torch.float32)
         yield vae
 
-    def _roundtrip(self, vae: Any, kind: str, parents: list[Image.Image], seeds: list[int]) -> list[Image.Image]:
+    def _roundtrip(self, vae: Any, kind: str, parents: list[Image.Image], seeds: list[int]) -> Any:
         """decode(encode(x)) for one batch. The latent scaling and shift factors are NOT applied:
         they only map the latents to the denoiser's range, decode(encode(x)) would apply them
         and undo them, and skipping them keeps the computation exact."""
@@ -357,7 +365,7 @@ class PipelineGenerator(Generator):
             dist = vae.encode(x).latent_dist
             z = dist.mean if self.config.aligned.vae_sample == "mean" else dist.sample(generator=generators(seeds))
             y = vae.decode(z).sample
-        return list(proc.postprocess(y, output_type="pil"))
+        return proc.postprocess(y, output_type="np")
 
 
 def _call_arguments(pipe: Any) -> frozenset[str]:
@@ -379,9 +387,12 @@ def cached_pair(cache: Any, texts: list[str], encode: Any) -> tuple[Any, Any]:
     distinct = list(dict.fromkeys(texts))
     found = {t: e for t in distinct if (e := cache.get(t)) is not None}
     missing = [t for t in distinct if t not in found]
-    if missing:
-        a, b = encode(missing)
-        found.update(zip(missing, zip(a, b, strict=True), strict=True))
+    # One string per call: a batched matrix product can differ in the last bit from the same row
+    # computed alone, and which strings miss the cache depends on what the worker met before, so
+    # batching them would make an image's bytes depend on the worker (core/determinism.py).
+    for t in missing:
+        a, b = encode([t])
+        found[t] = (a[0], b[0])
     for t in distinct:
         cache.put(t, found[t])
     return torch.stack([found[t][0] for t in texts]), torch.stack([found[t][1] for t in texts])
@@ -389,8 +400,8 @@ def cached_pair(cache: Any, texts: list[str], encode: Any) -> tuple[Any, Any]:
 
 def call_arguments(prompts: list[str], seeds: list[int], settings: Settings, **more: Any) -> dict[str, Any]:
     """The keyword arguments of one diffusers pipeline call for a batch: prompts, the drawn
-    settings, one CPU generator per image, PIL output; `more` adds or overrides (a caller keeps
-    the ones its pipeline's `__call__` names)."""
+    settings, one CPU generator per image, float output (`checked_images` makes the images);
+    `more` adds or overrides (a caller keeps the ones its pipeline's `__call__` names)."""
     return {
         "prompt": list(prompts),
         "negative_prompt": [settings.negative_prompt] * len(prompts),
@@ -399,9 +410,41 @@ def call_arguments(prompts: list[str], seeds: list[int], settings: Settings, **m
         "width": settings.width,
         "height": settings.height,
         "generator": generators(seeds),
-        "output_type": "pil",
+        "output_type": "np",
         **more,
     }
+
+
+class NonFiniteImage(RuntimeError):
+    """A generated image holds NaN or infinite values: an error, never a (black) row."""
+
+
+def checked_images(images: Any, generator: str, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+    """PIL images from a pipeline's "np" output ((N, H, W, C) floats in [0, 1], or a list of
+    (H, W, C) arrays), converted exactly as diffusers converts its "pil" output. A float16
+    overflow or a runaway guidance makes NaN, which the uint8 cast silently turns into black
+    pixels (that dedupe then drops as duplicates): any non-finite value raises NonFiniteImage
+    naming the generator, the prompt and the seed. A list of PIL images (a pipeline with no
+    "np" output) is returned as it is."""
+    import numpy as np
+    from diffusers.image_processor import VaeImageProcessor
+    from PIL import Image
+
+    if isinstance(images, list) and all(isinstance(im, Image.Image) for im in images):
+        return images
+    batch = np.stack(images) if isinstance(images, list) else np.asarray(images)
+    if batch.ndim == 3:
+        batch = batch[None]
+    finite = np.isfinite(batch).reshape(len(batch), -1).all(axis=1)
+    if not finite.all():
+        bad = [i for i, ok in enumerate(finite) if not ok]
+        i = bad[0]
+        raise NonFiniteImage(
+            f"generator {generator!r}: {len(bad)} of {len(batch)} images of a batch have NaN or infinite "
+            f"pixel values, first for prompt {prompts[i]!r} (seed {seeds[i]}); the model overflowed: try "
+            'dtype = "float32" (or "bfloat16") or a smaller guidance'
+        )
+    return VaeImageProcessor.numpy_to_pil(batch)
 
 
 def generators(seeds: list[int]) -> list[Any]:

@@ -23,6 +23,7 @@ from aigi.generators.settings import (
     Steps,
     Text,
     check_settings,
+    choices,
 )
 from aigi.manifests.ids import fingerprint
 
@@ -32,6 +33,12 @@ if TYPE_CHECKING:
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 Dtype = Literal["float32", "float16", "bfloat16"]
 Conditioning = Literal["text", "class", "none"]
+#: More images of one prompt than any corpus uses: the plan holds a unit per `unit_size` images,
+#: so `images_per_prompt = 1e8` would stall planning and exhaust memory before any image is made.
+MAX_IMAGES_PER_PROMPT = 100_000
+#: Pixels of one batch (batch_size x width x height). The decoded batch alone is 12 bytes a pixel
+#: (float32 RGB) before any activation, so this caps it at 3 GiB: 256 images of 1024 x 1024.
+MAX_BATCH_PIXELS = 1 << 28
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,14 @@ class GeneratorConfig:
         check(bool(self.model), "model", "must name a model id or a local folder")
         check_settings(self)
         check(self.images_per_prompt > 0, "images_per_prompt", "must be > 0")
+        check(self.images_per_prompt <= MAX_IMAGES_PER_PROMPT, "images_per_prompt",
+              f"must be at most {MAX_IMAGES_PER_PROMPT:,}, got {self.images_per_prompt:,} (add prompts for more images)")
         check(self.batch_size > 0, "batch_size", "must be > 0")
+        width, height = max(choices(self.size, "size"), key=lambda s: s[0] * s[1])
+        check(self.batch_size * width * height <= MAX_BATCH_PIXELS, "batch_size",
+              f"{self.batch_size} images of {width} x {height} are {self.batch_size * width * height:,} pixels a "
+              f"batch, more than {MAX_BATCH_PIXELS:,} ({12 * MAX_BATCH_PIXELS >> 30} GiB as float32 RGB); "
+              f"use batch_size <= {max(MAX_BATCH_PIXELS // (width * height), 1)}")
         check(self.unit_size > 0, "unit_size", "must be > 0")
         check(bool(DEVICE_RE.match(self.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         check_mode(self.mode, self.aligned)

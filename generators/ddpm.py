@@ -27,14 +27,11 @@ and every scheduler step, so image i draws the same noise sequence alone or in a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aigi.generators._pipeline import PipelineGenerator, generators
 from aigi.generators.base import GeneratorConfig
 from aigi.generators.settings import Settings
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 TINY_BUILDER_KEYS = ("seed", "sample_size", "block_out_channels")
 
@@ -53,10 +50,10 @@ class DDPM(PipelineGenerator):
 
     def _batch(
         self, prompts: list[str], class_ids: list[int | None], seeds: list[int], settings: Settings
-    ) -> list[Image.Image]:
+    ) -> list[Any]:
         # One CPU generator per image, for the initial noise and every step's noise.
         out = self.pipe(batch_size=len(seeds), generator=generators(seeds),
-                        num_inference_steps=settings.steps, output_type="pil")
+                        num_inference_steps=settings.steps, output_type="np")
         return list(out.images)
 
     @classmethod

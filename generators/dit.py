@@ -23,14 +23,11 @@ channels_last; `compile` compiles the transformer.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aigi.generators._pipeline import PipelineGenerator, generators
 from aigi.generators.base import GeneratorConfig
 from aigi.generators.settings import Settings
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 TINY_BUILDER_KEYS = ("seed", "sample_size", "num_layers")
 
@@ -55,10 +52,10 @@ class DiT(PipelineGenerator):
 
     def _batch(
         self, prompts: list[str], class_ids: list[int | None], seeds: list[int], settings: Settings
-    ) -> list[Image.Image]:
+    ) -> list[Any]:
         labels = [self._label(p, c) for p, c in zip(prompts, class_ids, strict=True)]
         out = self.pipe(class_labels=labels, guidance_scale=settings.guidance, num_inference_steps=settings.steps,
-                        generator=generators(seeds), output_type="pil")
+                        generator=generators(seeds), output_type="np")
         return list(out.images)
 
     def _label(self, prompt: str, class_id: int | None) -> int:

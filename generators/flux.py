@@ -49,7 +49,6 @@ from aigi.generators.settings import Settings, choices
 
 if TYPE_CHECKING:
     import torch
-    from PIL import Image
 
 EMBED_CACHE_SIZE = 1024
 SIZE_MULTIPLE = 16
@@ -106,7 +105,7 @@ class Flux(PipelineGenerator):
 
     def _batch(
         self, prompts: list[str], class_ids: list[int | None], seeds: list[int], s: Settings
-    ) -> list[Image.Image]:
+    ) -> list[Any]:
 
         embeds, pooled = self._embed(prompts)
         out = self.pipe(
@@ -119,7 +118,7 @@ class Flux(PipelineGenerator):
             # CPU generators: the initial noise is the same whichever device runs the model.
             generator=generators(seeds),
             max_sequence_length=self._max_sequence_length,
-            output_type="pil",
+            output_type="np",
         )
         return list(out.images)
 

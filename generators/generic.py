@@ -12,7 +12,7 @@ and warns when on.
 
 Text-conditioned. Each batch is one call with the common arguments: `prompt`, `negative_prompt`,
 `num_inference_steps`, `guidance_scale`, `width`, `height`, one CPU generator per image and
-`output_type="pil"`, each passed only if the pipeline's `__call__` names it. A setting whose
+`output_type="np"`, each passed only if the pipeline's `__call__` names it. A setting whose
 config value is not the default but whose argument the pipeline lacks (e.g. `negative_prompt`
 for an LCM pipeline) fails at load, naming the key; `scheduler` needs a `scheduler` component.
 Prompts are passed as text: prompt embeddings are not cached, because how a pipeline encodes
@@ -41,15 +41,12 @@ import re
 import warnings
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aigi.core.configtools import Invalid
 from aigi.generators._pipeline import PipelineGenerator, call_arguments
 from aigi.generators.base import GeneratorConfig
 from aigi.generators.settings import Settings
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 #: The `__call__` arguments each setting needs.
 SETTING_ARGS = {
@@ -169,7 +166,7 @@ class Generic(PipelineGenerator):
 
     def _batch(
         self, prompts: list[str], class_ids: list[int | None], seeds: list[int], settings: Settings
-    ) -> list[Image.Image]:
+    ) -> list[Any]:
         candidates = call_arguments(prompts, seeds, settings)
         out = self.pipe(**{k: v for k, v in candidates.items() if k in self._accepts})
         if len(out.images) != len(prompts):

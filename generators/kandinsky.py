@@ -53,7 +53,7 @@ Example config entry:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aigi.core.configtools import Invalid
 from aigi.generators._pipeline import PipelineGenerator, generators
@@ -61,9 +61,6 @@ from aigi.generators.base import (
     GeneratorConfig,
 )
 from aigi.generators.settings import SETTING_KEYS, Settings, choices
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 #: The decoder rounds width and height up to a multiple of this (MoVQ factor 8, squared).
 SIZE_MULTIPLE = 64
@@ -110,7 +107,7 @@ class Kandinsky(PipelineGenerator):
 
     def _batch(
         self, prompts: list[str], class_ids: list[int | None], seeds: list[int], settings: Settings
-    ) -> list[Image.Image]:
+    ) -> list[Any]:
         self.pipe.decoder_pipe.scheduler = self.pipe.scheduler  # the stage that samples with it
         if settings.negative_prompt:
             # A negative prompt doubles the prior's batch, which a list of generators cannot
@@ -118,7 +115,7 @@ class Kandinsky(PipelineGenerator):
             return [im for p, s in zip(prompts, seeds, strict=True) for im in self._call([p], [s], settings)]
         return self._call(prompts, seeds, settings)
 
-    def _call(self, prompts: list[str], seeds: list[int], settings: Settings) -> list[Image.Image]:
+    def _call(self, prompts: list[str], seeds: list[int], settings: Settings) -> list[Any]:
 
         gens = generators(seeds)
         if settings.negative_prompt:
@@ -134,7 +131,7 @@ class Kandinsky(PipelineGenerator):
             guidance_scale=settings.guidance,
             width=settings.width,
             height=settings.height,
-            output_type="pil",
+            output_type="np",
         )
         if len(out.images) != len(prompts):
             raise RuntimeError(

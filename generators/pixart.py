@@ -45,7 +45,6 @@ from aigi.generators.settings import Settings, choices
 
 if TYPE_CHECKING:
     import torch
-    from PIL import Image
 
 EMBED_CACHE_SIZE = 1024
 PIPELINES = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
@@ -105,7 +104,7 @@ class PixArt(PipelineGenerator):
 
     def _batch(
         self, prompts: list[str], class_ids: list[int | None], seeds: list[int], s: Settings
-    ) -> list[Image.Image]:
+    ) -> list[Any]:
 
         embeds, mask = self._embed(prompts)
         negative: dict[str, Any] = {}
@@ -124,7 +123,7 @@ class PixArt(PipelineGenerator):
             # CPU generators: the initial noise is the same whichever device runs the model.
             generator=generators(seeds),
             use_resolution_binning=False,
-            output_type="pil",
+            output_type="np",
         )
         return list(out.images)
 

@@ -55,7 +55,6 @@ from aigi.generators.settings import SETTING_KEYS, Settings, choices
 
 if TYPE_CHECKING:
     import torch
-    from PIL import Image
 
 EMBED_CACHE_SIZE = 1024
 #: The latent factor (VAE ×8) times the transformer's patch size: sizes must be multiples of it.
@@ -97,7 +96,7 @@ class StableDiffusion3(PipelineGenerator):
 
     def _batch(
         self, prompts: list[str], class_ids: list[int | None], seeds: list[int], settings: Settings
-    ) -> list[Image.Image]:
+    ) -> list[Any]:
         embeds, pooled = self._embed(prompts)
         negative: dict[str, Any] = {}
         if settings.guidance > 1:  # the pipeline ignores negative embeddings without guidance
@@ -113,7 +112,7 @@ class StableDiffusion3(PipelineGenerator):
             height=settings.height,
             # CPU generators: the initial noise is the same whichever device runs the model.
             generator=generators(seeds),
-            output_type="pil",
+            output_type="np",
         )
         return list(out.images)
 

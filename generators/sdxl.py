@@ -60,7 +60,6 @@ from aigi.generators.settings import SETTING_KEYS, Settings, choices
 
 if TYPE_CHECKING:
     import torch
-    from PIL import Image
 
 EMBED_CACHE_SIZE = 1024
 TINY_BUILDER_KEYS = ("seed", "block_out_channels")
@@ -96,7 +95,7 @@ class StableDiffusionXL(PipelineGenerator):
 
     def _batch(
         self, prompts: list[str], class_ids: list[int | None], seeds: list[int], settings: Settings
-    ) -> list[Image.Image]:
+    ) -> list[Any]:
         import torch
 
         embeds, pooled = self._embed(prompts)
@@ -116,7 +115,7 @@ class StableDiffusionXL(PipelineGenerator):
             width=settings.width,
             height=settings.height,
             generator=generators(seeds),
-            output_type="pil",
+            output_type="np",
         )
         return list(out.images)
 

@@ -8,6 +8,7 @@ varied corpus that is reproducible row by row; every row records the values actu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -18,6 +19,12 @@ SETTING_KEYS = ("steps", "guidance", "scheduler", "size", "negative_prompt")
 #: A drawn guidance is rounded to this many decimals, so the value recorded in a row is the
 #: value used, and a row can be regenerated from its record alone.
 GUIDANCE_DECIMALS = 3
+#: Bounds no real model reaches, so a typo (an extra zero, `1e9`) fails at load instead of as a
+#: worker error, a stall or a MemoryError hours into a run: diffusers' DDPM-style schedulers refuse
+#: more sampling steps than their 1000 training timesteps, and no family's model samples more
+#: steps or sides above 4096 px.
+MAX_STEPS = 1000
+MAX_SIDE = 4096
 
 
 @dataclass(frozen=True)
@@ -120,9 +127,15 @@ def check_settings(cfg: Any) -> None:
     for s in sizes:
         check(len(s) == 2 and all(v > 0 and v % 8 == 0 for v in s), "size",
               f"width and height must be positive multiples of 8, got {list(s)}")
-    low = cfg.steps.min if isinstance(cfg.steps, IntRange) else min(choices(cfg.steps, "steps"), default=0)
-    check(low > 0, "steps", f"must be > 0, got {cfg.steps}")
-    low = cfg.guidance.min if isinstance(cfg.guidance, FloatRange) else min(choices(cfg.guidance, "guidance"), default=-1)
-    check(low >= 0, "guidance", f"must be >= 0, got {cfg.guidance}")
+        check(max(s) <= MAX_SIDE, "size", f"width and height must be at most {MAX_SIDE} px, got {list(s)}")
+    steps = [cfg.steps.min, cfg.steps.max] if isinstance(cfg.steps, IntRange) else choices(cfg.steps, "steps")
+    check(bool(steps) and min(steps) > 0, "steps", f"must be > 0, got {cfg.steps}")
+    check(max(steps) <= MAX_STEPS, "steps", f"must be at most {MAX_STEPS} (a scheduler's training "
+          f"timesteps), got {cfg.steps}")
+    guidance = ([cfg.guidance.min, cfg.guidance.max] if isinstance(cfg.guidance, FloatRange)
+                else choices(cfg.guidance, "guidance"))
+    # nan compares false with everything, so it is named before any comparison can pass it
+    check(all(math.isfinite(g) for g in guidance), "guidance", f"must be a finite number, got {cfg.guidance}")
+    check(bool(guidance) and min(guidance) >= 0, "guidance", f"must be >= 0, got {cfg.guidance}")
     for key in ("scheduler", "negative_prompt"):
         check(bool(choices(getattr(cfg, key), key)), key, "needs at least one value")

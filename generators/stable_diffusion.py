@@ -51,7 +51,6 @@ from aigi.generators.settings import Settings
 
 if TYPE_CHECKING:
     import torch
-    from PIL import Image
 
 # Distinct prompt strings whose embeddings stay on the device. SD 2's are 77x1024 values, so
 # 1024 entries are ~160 MB in fp16: enough for class-name corpora, bounded for caption corpora.
@@ -83,7 +82,7 @@ class StableDiffusion(PipelineGenerator):
 
     def _batch(
         self, prompts: list[str], class_ids: list[int | None], seeds: list[int], settings: Settings
-    ) -> list[Image.Image]:
+    ) -> list[Any]:
         # The negative embedding of "" is the pipeline's own unconditional embedding; passing it
         # always is harmless when guidance <= 1 (the pipeline then ignores it).
         out = self.pipe(
@@ -94,7 +93,7 @@ class StableDiffusion(PipelineGenerator):
             width=settings.width,
             height=settings.height,
             generator=generators(seeds),
-            output_type="pil",
+            output_type="np",
         )
         return list(out.images)
 
@@ -104,9 +103,8 @@ class StableDiffusion(PipelineGenerator):
 
         found = {t: e for t in dict.fromkeys(texts) if (e := self._embeds.get(t)) is not None}
         missing = [t for t in dict.fromkeys(texts) if t not in found]
-        if missing:
-            encoded, _ = self.pipe.encode_prompt(missing, self._device, 1, False)
-            found.update(zip(missing, encoded, strict=True))
+        for t in missing:  # one at a time: see _pipeline.cached_pair
+            found[t] = self.pipe.encode_prompt([t], self._device, 1, False)[0][0]
         for t, e in found.items():
             self._embeds.put(t, e)
         return torch.stack([found[t] for t in texts])

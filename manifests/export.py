@@ -18,7 +18,6 @@ new one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -33,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from aigi.manifests.ids import fingerprint
+from aigi.manifests.ids import fingerprint, sha256_file
 from aigi.manifests.rundir import RunDir
 from aigi.manifests.schema import (
     DUPLICATES,
@@ -258,7 +257,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, include_d
         for f in files:
             p = tmp / f.path
             f.size = p.stat().st_size
-            f.sha256 = _sha256(p)
+            f.sha256 = sha256_file(p)
         files.sort(key=lambda f: (_split_rank(f.split), f.source, f.path))
         card = _card(rd, config, run_info, files, dups, set(exported_ids), normalized, include_dropped,
                      revisions)
@@ -273,17 +272,9 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, include_d
 
 
 def _load_config(rd: RunDir) -> tuple[Any, dict[str, Any]]:
-    """The run's config (config.toml, else run.json's resolved config) and run.json."""
-    from aigi.pipeline.config import load_config, parse_config
+    from aigi.pipeline.config import load_run_config
 
-    run_info = json.loads(rd.run_json.read_text(encoding="utf-8")) if rd.run_json.exists() else {}
-    if rd.config.exists():
-        return load_config(rd.config, out=str(rd.root)), run_info
-    if "config" in run_info:
-        data = dict(run_info["config"])
-        data["real"] = data.pop("reals", [])  # to_dict spells [[real]] as the field `reals`
-        return parse_config(data, file=str(rd.run_json), out=str(rd.root)), run_info
-    raise FileNotFoundError(f"{rd.root}: neither config.toml nor run.json; is this a run directory?")
+    return load_run_config(rd.root)
 
 
 def export_rows(run_dir: str | os.PathLike, include_dropped: bool = False) -> Iterable[pa.Table]:
@@ -342,14 +333,6 @@ def _groups(rows: pa.Table) -> dict[tuple[str, str], list[int]]:
 
 def _split_rank(split: str) -> tuple[int, str]:
     return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- the dataset card

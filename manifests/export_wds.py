@@ -32,10 +32,10 @@ from typing import Any
 from aigi.manifests.export import (
     EXPORT,
     _load_config,
-    _sha256,
     _split_rank,
     export_rows,
 )
+from aigi.manifests.ids import sha256_file
 from aigi.manifests.rundir import RunDir
 
 WDS_FORMAT = "aigi.webdataset"
@@ -194,7 +194,7 @@ def export_webdataset(run_dir: str | os.PathLike, out_dir: str | os.PathLike, in
         for s in shards:
             p = tmp / s.path
             s.bytes = p.stat().st_size
-            s.sha256 = _sha256(p)
+            s.sha256 = sha256_file(p)
         shards.sort(key=lambda s: (_split_rank(s.split), s.path))
         manifest = {
             "format": WDS_FORMAT,

@@ -2,7 +2,9 @@
 
 Writes are atomic (temporary name, then rename), so a file that exists is complete: the file
 itself is the completion marker. Every file carries its schema name and version and the
-fingerprint of what produced it; readers check them and fail loudly on a mismatch.
+fingerprint of what produced it; readers check them and fail loudly on a mismatch. A file that
+cannot be read at all (cut short by a full disk or a copy, damaged) raises UnreadableShard, an
+OSError naming the path, where pyarrow's own errors name none.
 """
 
 from __future__ import annotations
@@ -28,6 +30,17 @@ KEY_HF = b"huggingface"
 
 class ManifestError(RuntimeError):
     """A Parquet file is not what its reader expects (schema, version, producer)."""
+
+
+class UnreadableShard(OSError):
+    """A Parquet file that cannot be read (truncated, damaged, not Parquet); names the path.
+
+    An OSError, not a ManifestError: the file is broken, not a readable file of another kind,
+    and callers that redo a unit whose output cannot be opened already catch OSError."""
+
+
+def _unreadable(path: str | os.PathLike, e: BaseException) -> UnreadableShard:
+    return UnreadableShard(f"{path}: unreadable Parquet file (truncated or damaged?): {' '.join(str(e).split())}")
 
 
 def write_shard(
@@ -124,15 +137,26 @@ def _table_from_columns(cols: Mapping[str, Any], schema: Schema) -> pa.Table:
 
 def shard_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The aigi metadata of a Parquet file, read from its footer only."""
-    md = pq.read_schema(path).metadata or {}
+    try:
+        md = pq.read_schema(path).metadata or {}
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as e:
+        raise _unreadable(path, e) from e
     if KEY_SCHEMA not in md:
         raise ManifestError(f"{path}: not an aigi shard (no {KEY_SCHEMA.decode()} metadata)")
-    return {
-        "schema": md[KEY_SCHEMA].decode(),
-        "version": int(md[KEY_VERSION].decode()),
-        "producer": md[KEY_PRODUCER].decode(),
-        "extra": json.loads(md.get(KEY_EXTRA, b"{}").decode()),
-    }
+    try:
+        meta = {
+            "schema": md[KEY_SCHEMA].decode(),
+            "version": int(md[KEY_VERSION].decode()),
+            "producer": md[KEY_PRODUCER].decode(),
+            "extra": json.loads(md.get(KEY_EXTRA, b"{}").decode()),
+        }
+    except (KeyError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ManifestError(f"{path}: damaged aigi metadata ({type(e).__name__}: {e})") from None
+    if not isinstance(meta["extra"], dict):
+        raise ManifestError(f"{path}: damaged aigi metadata ({KEY_EXTRA.decode()} is not a JSON object)")
+    return meta
 
 
 def check_shard(path: str | os.PathLike, schema: Schema | str, producer: str | None = None) -> dict:
@@ -163,7 +187,12 @@ def read_shard(
 ) -> pa.Table:
     """Read a shard after checking its schema name, version and (optionally) producer."""
     check_shard(path, schema, producer)
-    return pq.read_table(path, columns=columns)
+    try:
+        return pq.read_table(path, columns=columns)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as e:  # a footer intact over damaged pages
+        raise _unreadable(path, e) from e
 
 
 def read_shards(paths: list[Path], schema: Schema | str, columns: list[str] | None = None) -> pa.Table:

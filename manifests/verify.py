@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aigi.manifests.ids import sha256_file
 from aigi.manifests.imagebytes import BadImage, decode
 from aigi.manifests.schema import REGISTRY
 from aigi.manifests.shards import KEY_HF, ManifestError, check_shard, shard_meta
@@ -417,7 +418,7 @@ def verify_export(export_dir: str | os.PathLike) -> list[Problem]:
         elif not path.is_file():
             problems.append(Problem(rel, "listed in README.md but missing"))
         else:
-            digest = _file_sha256(path)
+            digest = sha256_file(path)
             if digest != sha:
                 problems.append(Problem(rel, f"sha256 is {digest}, README.md says {sha}"))
     for rel in present:
@@ -476,14 +477,6 @@ def _image_columns(schema: Any) -> list[str]:
         f.name for f in schema
         if pa.types.is_struct(f.type) and {c.name for c in f.type} >= {"bytes", "path"}
     ]
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,11 +24,20 @@ class UnitFailed(RuntimeError):
         self.error = error
 
 
+class StageStalled(RuntimeError):
+    """A stage's units made no progress for `stall_timeout` seconds while no worker could run them."""
+
+
 @contextlib.contextmanager
 def open_client(dask_cfg: Any, address: str | None = None, quiet: bool = True) -> Iterator[Any]:
     """A `distributed.Client`: attached to `address` (or `[dask] address`), else an embedded
     LocalCluster on loopback with one worker per GPU (each with a `GPU` resource), or one
-    CPU worker on a machine without GPUs."""
+    CPU worker on a machine without GPUs.
+
+    An existing cluster is reached with the TLS credentials of Dask's own config
+    (`distributed.comm.tls.*`). The embedded one (`[dask] tls`, the default) speaks TLS with a
+    key and certificate made in memory for this run: loopback alone would let any local user
+    connect to the scheduler and run code as this user."""
     from distributed import Client, LocalCluster
 
     if quiet:
@@ -35,6 +45,8 @@ def open_client(dask_cfg: Any, address: str | None = None, quiet: bool = True) -
             logging.getLogger(name).setLevel(logging.ERROR)
     address = address or dask_cfg.address
     if address:
+        if address.startswith("tls://"):
+            _check_tls_credentials(address)
         client = Client(address)
         try:
             yield client
@@ -50,6 +62,12 @@ def open_client(dask_cfg: Any, address: str | None = None, quiet: bool = True) -
         threads_per_worker=dask_cfg.threads_per_worker,
         processes=True,
     )
+    security = None
+    if dask_cfg.tls:
+        from distributed.security import Security
+
+        security = Security.temporary()
+        kwargs.update(security=security, protocol="tls://")
     cluster = None
     if n_gpus:
         n = dask_cfg.n_workers or n_gpus
@@ -64,12 +82,28 @@ def open_client(dask_cfg: Any, address: str | None = None, quiet: bool = True) -
             cluster = LocalCluster(n_workers=n, resources={"GPU": 1}, **kwargs)
     else:
         cluster = LocalCluster(n_workers=dask_cfg.n_workers or 1, **kwargs)
-    client = Client(cluster)
+    client = Client(cluster, security=security)
     try:
         yield client
     finally:
         client.close()
         cluster.close()
+
+
+def _check_tls_credentials(address: str) -> None:
+    """One clear line instead of distributed's "TLS expects a `ssl_context` argument" traceback."""
+    from distributed.security import Security
+
+    from aigi.core.configtools import ConfigError
+
+    dask_tls = Security()  # what `Client(address)` reads: Dask's config files and DASK_* variables
+    if not (dask_tls.tls_ca_file and dask_tls.tls_client_cert):
+        raise ConfigError(
+            f"scheduler {address}: a tls:// cluster needs this client's credentials in Dask's config: "
+            "distributed.comm.tls.ca-file, distributed.comm.tls.client.cert and .client.key (a YAML file in "
+            "~/.config/dask/, or DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ..._CLIENT__CERT, ..._CLIENT__KEY); "
+            "see docs/scaling.md"
+        )
 
 
 def dashboard_link(client: Any) -> str | None:
@@ -80,15 +114,38 @@ def dashboard_link(client: Any) -> str | None:
 
 
 class DaskExecutor:
-    """Maps a stage's units onto the cluster; yields summaries as units finish."""
+    """Maps a stage's units onto the cluster; yields summaries as units finish.
 
-    def __init__(self, client: Any) -> None:
+    A stage whose remaining units cannot be scheduled (no live worker offers the resource they
+    need) and that finishes nothing for `stall_timeout` seconds raises `StageStalled`: Dask
+    itself would keep them in "no-worker" and wait forever. A long unit on a live worker that can
+    run it is never a stall."""
+
+    def __init__(self, client: Any, stall_timeout: float = 300.0) -> None:
         self.client = client
-        self._has_gpu = self._cluster_has_gpu()
+        self.stall_timeout = stall_timeout
+        # Fixed for the run: GPU stages keep asking for GPU workers even after the last one dies,
+        # so they wait (and stall) rather than fall onto CPU workers.
+        self._has_gpu = any(w.get("resources", {}).get("GPU") for w in self._workers())
 
-    def _cluster_has_gpu(self) -> bool:
-        info = self.client.scheduler_info()
-        return any(w.get("resources", {}).get("GPU") for w in info.get("workers", {}).values())
+    def _workers(self) -> list[dict[str, Any]]:
+        try:
+            info = self.client.scheduler_info(n_workers=-1)
+        except TypeError:  # distributed before 2025 lists every worker and takes no argument
+            info = self.client.scheduler_info()
+        # a retiring or closing worker takes no new tasks
+        return [w for w in info.get("workers", {}).values() if w.get("status", "running") in ("running", "paused")]
+
+    def _unschedulable(self, resources: dict[str, int] | None) -> str | None:
+        """Why no live worker can run units asking for `resources`, or None when one can."""
+        workers = self._workers()
+        for name in resources or {}:
+            if not any(w.get("resources", {}).get(name) for w in workers):
+                alone = "" if workers else " (no worker at all is connected)"
+                return f"no worker offers the {name} resource: the {name} worker died or never joined{alone}"
+        if not workers:
+            return "no worker is connected to the scheduler: the workers died or never joined"
+        return None
 
     def map(self, stage: Stage, units: list[Unit]) -> Iterator[dict[str, Any] | UnitFailed]:
         from distributed import as_completed
@@ -101,13 +158,50 @@ class DaskExecutor:
             for u in units
         ]
         by_key = {f.key: u for f, u in zip(futures, units, strict=True)}
-        for fut in as_completed(futures):
-            try:
-                yield fut.result()
-            except Exception as e:  # the unit failed; the others go on
-                yield UnitFailed(by_key[fut.key], e)
-            finally:
-                fut.release()
+        pending = set(futures)
+        done = 0
+        # Results are fetched by as_completed in the background: a blocking `result()` on a unit
+        # whose worker died before handing it over would wait for a recomputation that may never come.
+        finished = as_completed(futures, loop=self.client.loop, with_results=True, raise_errors=False)
+        # Asking the scheduler on every idle poll would be wasteful for units that run minutes.
+        check_every = min(5.0, self.stall_timeout / 4)
+        next_check = time.monotonic() + check_every
+        stuck_since: float | None = None  # since when nothing finished and no worker could run the rest
+        while pending:
+            batch = finished.next_batch(block=False)
+            for fut, result in batch:
+                pending.discard(fut)
+                try:
+                    if fut.status == "error":  # the unit failed; the others go on
+                        _, error, tb = result
+                        yield UnitFailed(by_key[fut.key], error.with_traceback(tb))
+                    elif isinstance(result, BaseException):  # cancelled behind our back
+                        yield UnitFailed(by_key[fut.key], result)
+                    else:
+                        done += 1
+                        yield result
+                finally:
+                    fut.release()
+            if batch:
+                stuck_since = None
+                continue
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + check_every
+                why = self._unschedulable(resources)
+                if why is None:
+                    stuck_since = None
+                elif stuck_since is None:
+                    stuck_since = now
+                elif now - stuck_since >= self.stall_timeout:
+                    self.client.cancel(list(pending))
+                    raise StageStalled(
+                        f"stage {stage.label}: {len(pending)} of {len(units)} units cannot be scheduled and "
+                        f"none finished for {self.stall_timeout:g} s: {why}. The {done} finished units "
+                        "are kept; re-run once a worker that can run them has joined, and the "
+                        "run resumes where it stopped ([dask] stall_timeout sets how long to wait)."
+                    )
+            time.sleep(0.05)
 
 
 class SerialExecutor:

@@ -1,11 +1,14 @@
 """The run config: one TOML file parsed into frozen, validated dataclasses (design.md §3).
 
-Relative paths in the config are resolved against the current directory, as given on the
-command line. Every error names the file and the key.
+Relative paths in the config (and `--out`) are resolved once, when it loads, against the current
+directory: the config then holds absolute paths, so Dask workers started in another directory
+read and write the same files. Every error names the file and the key.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,11 +28,17 @@ else:  # pragma: no cover
 
 @dataclass(frozen=True)
 class RunSection:
+    """`torch_threads`: torch's CPU threads for every unit. 1 (what Dask's nanny gives a worker)
+    makes the bytes of CPU-made images the same whichever worker or a serial run makes them; more
+    is faster on a CPU-only machine, but those bytes then depend on it (docs/reproducibility.md)."""
+
     out: str = ""
     seed: int = 0
+    torch_threads: int = 1
 
     def __post_init__(self) -> None:
         check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        check(1 <= self.torch_threads <= 1024, "torch_threads", f"must be 1..1024, got {self.torch_threads}")
 
 
 @dataclass(frozen=True)
@@ -205,20 +214,53 @@ class RunConfig:
         d.pop("file")
         return d
 
+    def identity(self) -> dict[str, Any]:
+        """The config without where things are (what `config_fingerprint` hashes): the output
+        directory, real sources' and the prompt file's paths, local model folders and reference
+        runs are left out, so the same config gives the same fingerprint from any directory.
+        What those paths hold is identified by content where it is used (unit producers, source
+        listings, the weights' hash)."""
+        d = self.to_dict()
+        d["run"].pop("out")
+        if d["prompts"] is not None:
+            d["prompts"].pop("path")
+        for r in d["reals"]:
+            r.pop("path")
+        for g in d["generators"]:
+            if _is_local(g["model"]):
+                g.pop("model")
+        d["curation"]["dedupe"].pop("reference")
+        for section in ("features", "detectors"):
+            for table in d[section].values():
+                where = [k for k, v in table.items()
+                         if _path_key(k) or (_model_key(k) and isinstance(v, str) and _is_local(v))]
+                for key in where:
+                    table.pop(key)
+        return d
+
 
 def load_config(path: str | Path, out: str | None = None) -> RunConfig:
     """Read and validate a run config; `out` overrides `[run] out`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    raw = path.read_bytes()
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     return parse_config(data, file=str(path), out=out)
 
 
-def parse_config(data: dict[str, Any], file: str = "<config>", out: str | None = None) -> RunConfig:
+def parse_config(
+    data: dict[str, Any], file: str = "<config>", out: str | None = None, base: str | Path | None = None
+) -> RunConfig:
+    """Validate a parsed config; relative paths resolve against `base` (default: the current
+    directory)."""
     from aigi.detectors import registry as detector_registry
     from aigi.features import registry as feature_registry
     from aigi.generators import registry as generator_registry
@@ -299,22 +341,154 @@ def parse_config(data: dict[str, Any], file: str = "<config>", out: str | None =
 
     run = cfg.run
     if out is not None:
-        run = RunSection(out=out, seed=run.seed)
+        run = replace(run, out=out)
     if not run.out:
         raise ConfigError(f"{file}: run.out: required (or pass --out)")
-    return RunConfig(
-        run=run,
-        dask=cfg.dask,
-        prompts=cfg.prompts,
-        reals=cfg.reals,
-        generators=cfg.generators,
-        curation=cfg.curation,
-        feature_store=cfg.feature_store,
-        features=features,
-        detectors=detectors,
-        evaluate=cfg.evaluate,
-        file=file,
+    return _absolute_paths(
+        RunConfig(
+            run=run,
+            dask=cfg.dask,
+            prompts=cfg.prompts,
+            reals=cfg.reals,
+            generators=cfg.generators,
+            curation=cfg.curation,
+            feature_store=cfg.feature_store,
+            features=features,
+            detectors=detectors,
+            evaluate=cfg.evaluate,
+            file=file,
+        ),
+        Path.cwd() if base is None else Path(base),
     )
+
+
+# ------------------------------------------------------------------------------------ paths
+#
+# Keys of feature and detector configs that name files: "model" or "<x>_model" is a hub id or a
+# local folder; "path", "<x>_path" and "pretrained" are always local files or folders.
+
+
+def _model_key(key: str) -> bool:
+    return key == "model" or key.endswith("_model")
+
+
+def _path_key(key: str) -> bool:
+    return key in ("path", "pretrained") or key.endswith("_path")
+
+
+def _is_local(model: str, base: Path | None = None) -> bool:
+    """Whether a model string names a local folder rather than a hub id: an absolute path, one
+    starting with ./ ../ or ~, or one that exists relative to `base` (diffusers' own rule:
+    `from_pretrained` takes an existing folder before a hub id)."""
+    if os.path.isabs(model) or model.startswith(("./", "../", "~")) or model in (".", ".."):
+        return True
+    return base is not None and os.path.exists(os.path.join(base, model))
+
+
+def _absolute(path: str, base: Path) -> str:
+    # normpath, not resolve(): a symlinked Hugging Face snapshot folder keeps its name
+    return os.path.normpath(os.path.join(base, os.path.expanduser(path))) if path else path
+
+
+def _model(model: str, base: Path) -> str:
+    return _absolute(model, base) if _is_local(model, base) else model
+
+
+def _absolute_fields(cfg: Any, base: Path) -> Any:
+    """A feature or detector config with its path and local model keys made absolute."""
+    changes = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not isinstance(value, str) or not value:
+            continue
+        if _path_key(f.name):
+            changes[f.name] = _absolute(value, base)
+        elif _model_key(f.name):
+            changes[f.name] = _model(value, base)
+    changes = {k: v for k, v in changes.items() if v != getattr(cfg, k)}
+    return replace(cfg, **changes) if changes else cfg
+
+
+def _absolute_paths(cfg: RunConfig, base: Path) -> RunConfig:
+    """Every path of the config made absolute against `base`, once, at load."""
+    base = Path(os.path.abspath(base))
+    prompts = cfg.prompts
+    if prompts is not None and prompts.path:
+        prompts = replace(prompts, path=_absolute(prompts.path, base))
+    dedupe = cfg.curation.dedupe
+    return replace(
+        cfg,
+        run=replace(cfg.run, out=_absolute(cfg.run.out, base)),
+        prompts=prompts,
+        reals=tuple(replace(r, path=_absolute(r.path, base)) for r in cfg.reals),
+        generators=tuple(
+            g if (m := _model(g.model, base)) == g.model else replace(g, model=m) for g in cfg.generators
+        ),
+        curation=replace(
+            cfg.curation, dedupe=replace(dedupe, reference=tuple(_absolute(r, base) for r in dedupe.reference))
+        ),
+        features={n: _absolute_fields(c, base) for n, c in cfg.features.items()},
+        detectors={n: _absolute_fields(c, base) for n, c in cfg.detectors.items()},
+    )
+
+
+def check_inputs(cfg: RunConfig) -> None:
+    """Every local input exists: real sources, the prompt file, local model folders and files,
+    reference runs. Raises one ConfigError naming the file and each missing key, before any
+    GPU hour is spent. A model string that is not a local path is a hub id, not checked here."""
+    missing: list[str] = []
+
+    def need(key: str, path: str, what: str, ok: bool) -> None:
+        if not ok:
+            missing.append(f"{key} = {path!r} ({what} not found)")
+
+    if cfg.prompts is not None and cfg.prompts.source == "file":
+        need("prompts.path", cfg.prompts.path, "file", os.path.isfile(cfg.prompts.path))
+    for i, r in enumerate(cfg.reals):
+        key = "real.path" if len(cfg.reals) == 1 else f"real[{i}].path"
+        if r.source in ("imagefolder", "hf"):
+            need(key, r.path, "folder", os.path.isdir(r.path))
+        else:
+            need(key, r.path, "file, folder or matching file", _source_exists(r.path))
+    for i, g in enumerate(cfg.generators):
+        if _is_local(g.model):
+            need(f"generators[{i}].model", g.model, "model folder", os.path.isdir(g.model))
+    for i, ref in enumerate(cfg.curation.dedupe.reference):
+        need(f"curation.dedupe.reference[{i}]", ref, "run folder", os.path.isdir(ref))
+    for section, tables in (("features", cfg.features), ("detectors", cfg.detectors)):
+        for name, c in tables.items():
+            for f in dataclasses.fields(c):
+                value = getattr(c, f.name)
+                if not isinstance(value, str) or not value:
+                    continue
+                if _path_key(f.name):
+                    need(f"{section}.{name}.{f.name}", value, "file", os.path.exists(value))
+                elif _model_key(f.name) and _is_local(value):
+                    need(f"{section}.{name}.{f.name}", value, "model folder", os.path.isdir(value))
+    if missing:
+        raise ConfigError(f"{cfg.file}: input missing: {'; '.join(missing)}")
+
+
+def _source_exists(path: str) -> bool:
+    """A file, a folder, or a brace/glob pattern with at least one file for each expansion."""
+    import glob
+
+    from aigi.curation.sources import SourceError
+    from aigi.curation.sources.paths import expand_braces
+
+    if os.path.exists(path):
+        return True
+    try:
+        patterns = expand_braces(path)
+    except SourceError:
+        return False
+    for pattern in patterns:
+        if glob.has_magic(pattern):
+            if next(glob.iglob(pattern, recursive=True), None) is None:
+                return False
+        elif not os.path.isfile(pattern):
+            return False
+    return True
 
 
 def _reals(raw: Any, file: str) -> tuple[RealSourceConfig, ...]:
@@ -338,3 +512,21 @@ def _entries(raw: Any, where: str, registry: Any, file: str) -> dict[str, Any]:
             )
         out[name] = build(registry.get(name).Config, table, f"{where}.{name}", file)
     return out
+
+
+def load_run_config(root: str | Path) -> tuple[RunConfig, dict[str, Any]]:
+    """A run directory's config as it ran, and its run.json: run.json's resolved config (its paths
+    absolute, so it loads the same from any directory), else `config.toml` (its relative paths
+    then resolve against the current directory)."""
+    import json
+
+    root = Path(root)
+    run_json = root / "run.json"
+    info = json.loads(run_json.read_text(encoding="utf-8")) if run_json.exists() else {}
+    if "config" in info:
+        data = dict(info["config"])
+        data["real"] = data.pop("reals", [])  # to_dict spells [[real]] as the field `reals`
+        return parse_config(data, file=str(run_json), out=str(root)), info
+    if (root / "config.toml").exists():
+        return load_config(root / "config.toml", out=str(root)), info
+    raise FileNotFoundError(f"{root}: neither run.json nor config.toml; is this a run directory?")

@@ -164,19 +164,13 @@ class _RunData:
 
 
 def _load_config(rd: Any, info: dict[str, Any]) -> Any:
-    """The run's config (config.toml, else run.json's resolved config); None when neither loads."""
-    from aigi.pipeline.config import load_config, parse_config
+    """The run's config; None when it does not load (the report shows what it can)."""
+    from aigi.pipeline.config import load_run_config
 
     try:
-        if rd.config.exists():
-            return load_config(rd.config, out=str(rd.root))
-        if "config" in info:
-            data = dict(info["config"])
-            data["real"] = data.pop("reals", [])  # to_dict spells [[real]] as the field `reals`
-            return parse_config(data, file=str(rd.run_json), out=str(rd.root))
-    except Exception:  # a config this aigi no longer reads: the report shows what it can
+        return load_run_config(rd.root)[0]
+    except Exception:  # a config this aigi no longer reads
         return None
-    return None
 
 
 # ---------------------------------------------------------------- HTML helpers

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from aigi.manifests.rundir import RunDir
-from aigi.pipeline.config import RunConfig
+from aigi.pipeline.config import RunConfig, check_inputs
 from aigi.pipeline.events import EventLog
 from aigi.pipeline.lock import run_lock
 from aigi.pipeline.runinfo import write_run_json
@@ -110,10 +110,6 @@ def run(
     t0 = time.perf_counter()
     rundir = RunDir(Path(config.run.out))
     # Refusals come before any write: a refused run leaves the directory's records as they were.
-    try:  # TEMP until helper lands check_inputs
-        from aigi.pipeline.config import check_inputs
-    except ImportError:
-        def check_inputs(c): return None
     check_inputs(config)
     rundir.claim(allow_existing)
     with run_lock(rundir.root, stream):
@@ -139,7 +135,7 @@ def run(
                 where = scheduler or config.dask.address or "embedded LocalCluster"
                 stream.write(f"dask: {where}" + (f", dashboard {dashboard}" if dashboard else "") + "\n")
                 EventLog(rundir.logs).write("run_start", where=where, dashboard=dashboard)
-                executor = DaskExecutor(client)
+                executor = DaskExecutor(client, stall_timeout=config.dask.stall_timeout)
                 results = run_stages(stages, executor, rundir.logs, stream, before_work=write_records)
         write_records()
         models: dict[str, Any] = {}

@@ -64,7 +64,7 @@ def write_run_json(path: Path, config: Any, models: dict[str, Any] | None = None
     cfg = config.to_dict()
     info = {
         "config": cfg,
-        "config_fingerprint": fingerprint(cfg),
+        "config_fingerprint": fingerprint(config.identity()),
         "config_file": str(config.file),
         "versions": library_versions(),
         "hardware": hardware(),

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from aigi.core import atomic
-from aigi.pipeline.cluster import UnitFailed
+from aigi.pipeline.cluster import StageStalled, UnitFailed
 from aigi.pipeline.events import EventLog
 from aigi.pipeline.progress import Progress
 from aigi.pipeline.stage import SetupFailed, Stage, Unit, is_done
@@ -121,12 +121,20 @@ def run_stages(
                                  quarantined=int(out.get("quarantined", 0)),
                                  failed_items=int(out.get("failed_items", 0)))
                     progress.update(int(out.get("items", 0)))
+        except StageStalled as e:
+            events.write("stage_stalled", stage.label, error=str(e), ran=len(summaries), failed=len(failures))
+            raise
         finally:
             progress.close()
         seconds = time.perf_counter() - t0
         if failures:
             events.write("stage_failed", stage.label, failed=len(failures), ran=len(pending),
                          seconds=round(seconds, 3))
+            if all("scheduler-connection-lost" in str(f.error) for f in failures):
+                raise StageFailed(
+                    f"stage {stage.label}: lost the connection to the Dask scheduler ({len(failures)} of "
+                    f"{len(pending)} units not finished). Finished units are kept; restart the cluster and re-run."
+                ) from failures[0].error
             setup = {str(f.error) for f in failures if isinstance(f.error, SetupFailed)}
             if setup:  # one line: the cause is the stage's, not each unit's
                 raise StageFailed(

@@ -1,6 +1,6 @@
 """`aigi train` and `aigi evaluate`: detectors on the cached features of a finished run.
 
-Both read the run's own config (`RUN/config.toml`), add or replace the asked detector with its
+Both read the run's own config (as it ran: `run.json`, else `config.toml`), add or replace the asked detector with its
 defaults (its input feature from `--features`) and the `[evaluate]` options, and run only the
 detect stage: the features must already be cached (a missing one is an error naming it). A
 detector already trained on the same inputs with the same settings is not trained again.
@@ -28,16 +28,16 @@ def detect(
     from aigi.detectors.registry import get, names
     from aigi.manifests.rundir import RunDir
     from aigi.pipeline.cluster import SerialExecutor
-    from aigi.pipeline.config import load_config
+    from aigi.pipeline.config import load_run_config
     from aigi.pipeline.runner import run_stages
     from aigi.pipeline.stage import RunContext
     from aigi.pipeline.stages.detect import DetectStage
 
     stream = stream or sys.stdout
     root = Path(run_dir)
-    if not (root / "config.toml").exists():
-        raise FileNotFoundError(f"{root} is not an aigi run directory (no config.toml)")
-    config = load_config(root / "config.toml", out=str(root))
+    if not (root / "run.json").exists():
+        raise FileNotFoundError(f"{root} is not an aigi run directory (no run.json)")
+    config, _ = load_run_config(root)
     chosen = dict(config.detectors)
     for name in detectors or list(chosen) or ["logreg"]:
         if name not in names():

@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from aigi.core.determinism import THREADS, exclusive, pinned_threads
 from aigi.core.devices import resolve_device
 from aigi.pipeline.stage import SetupFailed, Stage, Unit
 
@@ -71,13 +72,17 @@ def _empty_cuda_cache() -> None:
 def execute_unit(stage: Stage, unit: Unit) -> dict[str, Any]:
     """Run one unit where this function is called (a Dask worker, or the current process); the
     summary carries its cost: seconds, the device, and the peak GPU memory it allocated."""
-    t0 = time.perf_counter()
-    state = state_for(stage)
-    t1 = time.perf_counter()
-    cuda = _cuda()
-    if cuda is not None:
-        cuda.reset_peak_memory_stats()
-    summary = dict(stage.process(unit, state) or {})
+    run_cfg = getattr(getattr(stage.ctx, "config", None), "run", None)
+    with pinned_threads(getattr(run_cfg, "torch_threads", THREADS)):
+        t0 = time.perf_counter()
+        state = state_for(stage)
+        t1 = time.perf_counter()
+        # one unit at a time per loaded model: a diffusers pipeline keeps its sampler's state
+        with exclusive(stage.setup_key() if stage.gpu else None):
+            cuda = _cuda()
+            if cuda is not None:
+                cuda.reset_peak_memory_stats()
+            summary = dict(stage.process(unit, state) or {})
     summary.setdefault("items", unit.n_items)
     summary["key"] = unit.key
     summary["setup_s"] = t1 - t0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,7 @@ def test_good_config_loads_frozen(tmp_path: Path) -> None:
 
 
 def test_out_override(tmp_path: Path) -> None:
-    assert load_config(write(tmp_path, GOOD), out="elsewhere").run.out == "elsewhere"
+    assert load_config(write(tmp_path, GOOD), out="elsewhere").run.out == os.path.abspath("elsewhere")
 
 
 @pytest.mark.parametrize(

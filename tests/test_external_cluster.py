@@ -81,16 +81,8 @@ def test_run_on_an_external_cluster_matches_the_serial_run(cluster, config_for, 
     assert f"dask: {cluster['address']}" in out.getvalue()
     assert {r.label: r.ran for r in report.results}["generate/sd"] > 0, out.getvalue()
 
-    # Dask's nanny starts workers with OMP_NUM_THREADS=1, and on a CPU a convolution's float sums
-    # depend on the number of threads: the serial run uses one thread too, for identical bytes.
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run(config_for(tmp_path / "serial"), serial=True, stream=io.StringIO())
-    finally:
-        torch.set_num_threads(threads)
+    # every unit pins torch's threads ([run] torch_threads = 1), in a worker or in this process
+    run(config_for(tmp_path / "serial"), serial=True, stream=io.StringIO())
 
     rows = image_rows(tmp_path / "dask")
     assert len(rows) == 16 and {s for *_, s in rows} == {"real", "sd"}

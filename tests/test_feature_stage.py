@@ -102,7 +102,10 @@ def test_stage_output_equals_extract_and_a_new_feature_runs_alone(tmp_path, phot
     ex.load("cpu")
     rows = [by_id[i] for i in ids]
     pil = [Image.open(io.BytesIO(r["image"]["bytes"])).convert("RGB") for r in rows]
-    want = ex.extract(pil, rows, seeds)["lare"]
+    from aigi.core.determinism import pinned_threads
+
+    with pinned_threads(ctx.config.run.torch_threads):  # the thread count the stage's units use
+        want = ex.extract(pil, rows, seeds)["lare"]
     np.testing.assert_array_equal(got, want)
 
 

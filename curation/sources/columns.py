@@ -2,7 +2,9 @@
 Hugging Face dataset become `RawItem`s, shared by both table sources.
 
 Images are taken as stored (a struct<bytes, path> Hugging Face Image cell, plain binary, or a
-path string), never decoded. Class values: a string is a class name; an ImageNet-1k name or
+path string), never decoded. A cell stored only by path is read from the table's own folder: a
+path with a `..` component, or an absolute one outside that folder, is quarantined with the
+reason, never read (a table from a stranger must not make aigi read the machine's other files). Class values: a string is a class name; an ImageNet-1k name or
 WordNet id ("n01440764") becomes that class's name and index (`prompts.classes.lookup_class`, as
 image folders do), so real and generated rows of one class share class_id. An int goes through
 the column's own names when it has them (a ClassLabel), else through ImageNet-1k names when
@@ -11,6 +13,7 @@ the column's own names when it has them (a ClassLabel), else through ImageNet-1k
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,7 +200,15 @@ def image_cell(value: Any, base_dirs: Sequence[Path]) -> tuple[bytes | None, str
         path = value
     if not path:
         return None, "null image cell"
-    candidates = [Path(path)] if Path(path).is_absolute() else [d / path for d in base_dirs]
+    if ".." in Path(path).parts:
+        return None, f"image path {path!r} has a '..' component: refused (paths must stay inside the source folder)"
+    if Path(path).is_absolute():
+        # absolute paths are what `datasets` stores for a local image folder: inside it, they are read
+        if not any(_inside(path, d) for d in base_dirs):
+            return None, f"image path {path!r} is outside the source folder: refused"
+        candidates = [Path(path)]
+    else:
+        candidates = [d / path for d in base_dirs]
     for c in candidates:
         if c.is_file():
             try:
@@ -205,3 +216,10 @@ def image_cell(value: Any, base_dirs: Sequence[Path]) -> tuple[bytes | None, str
             except OSError as e:
                 return None, f"image stored by path {path!r}: unreadable: {e}"
     return None, f"image stored only by path and the file is not found: {path!r}"
+
+
+def _inside(path: str, folder: Path) -> bool:
+    """Whether absolute `path` lies under `folder`, by name (normalised, symlinks not followed:
+    a folder's own links are its owner's choice; Hugging Face caches link every file)."""
+    root = os.path.normpath(os.path.abspath(folder))
+    return os.path.normpath(path).startswith(root.rstrip(os.sep) + os.sep)

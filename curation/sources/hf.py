@@ -92,7 +92,9 @@ class HFSource(Source):
         a, b = unit.payload
         if b > len(ds):
             raise SourceError(f"hf dataset {self.config.path} has {len(ds)} rows, planned {b}")
-        base_dirs = [Path(self.config.path)]
+        root = Path(self.config.path)
+        # the dataset is opened by its resolved path, so the paths `datasets` stored are under that
+        base_dirs = list(dict.fromkeys([root, root.resolve()]))
         view = ds.with_format("arrow")
         step = 128  # images are large: bounded memory per slice
         for lo in range(a, b, step):

@@ -91,6 +91,7 @@ class ParquetSource(Source):
         return out
 
     def read(self, unit: SourceUnit) -> Iterator[RawItem]:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         path, rel, a, b = unit.payload
@@ -99,23 +100,31 @@ class ParquetSource(Source):
             return
         if Path(path).stat().st_size != unit.listing["size"]:
             raise SourceError(f"Parquet file {rel} changed since planning; plan again")
-        pf = pq.ParquetFile(path)
-        cols = self._columns(pf, rel)
-        starts = [0]
-        for g in range(pf.num_row_groups):
-            starts.append(starts[-1] + pf.metadata.row_group(g).num_rows)
-        groups = [g for g in range(pf.num_row_groups) if starts[g] < b and starts[g + 1] > a]
-        row = starts[groups[0]]
-        base_dirs = [Path(path).parent]
-        batches = pf.iter_batches(
-            batch_size=_BATCH_ROWS, row_groups=groups, columns=cols.needed(), use_threads=False
-        )
-        for batch in batches:
-            lo, hi = max(a - row, 0), min(b - row, batch.num_rows)
-            if hi > lo:
-                yield from cols.items(
-                    batch.slice(lo, hi - lo), row + lo, lambda i: f"{rel}:{i}", base_dirs
-                )
-            row += batch.num_rows
-            if row >= b:
-                break
+        done = a  # the next row to yield: a damaged page quarantines the rest of the unit
+        try:
+            pf = pq.ParquetFile(path)
+            cols = self._columns(pf, rel)
+            starts = [0]
+            for g in range(pf.num_row_groups):
+                starts.append(starts[-1] + pf.metadata.row_group(g).num_rows)
+            groups = [g for g in range(pf.num_row_groups) if starts[g] < b and starts[g + 1] > a]
+            row = starts[groups[0]]
+            base_dirs = [Path(path).parent]
+            batches = pf.iter_batches(
+                batch_size=_BATCH_ROWS, row_groups=groups, columns=cols.needed(), use_threads=False
+            )
+            for batch in batches:
+                lo, hi = max(a - row, 0), min(b - row, batch.num_rows)
+                if hi > lo:
+                    for item in cols.items(
+                        batch.slice(lo, hi - lo), row + lo, lambda i: f"{rel}:{i}", base_dirs
+                    ):
+                        yield item
+                        done += 1
+                row += batch.num_rows
+                if row >= b:
+                    break
+        except (pa.ArrowException, OSError) as e:  # pyarrow names no file in its errors
+            reason = f"cannot read Parquet file: {' '.join(str(e).split())}"
+            for i in range(done, b):
+                yield RawItem(f"{rel}:{i}", None, error=reason)

@@ -5,7 +5,9 @@ the first dot of its base name) with extension "jpg"; all members of a key form 
 image is the first member with an image extension; the caption comes from .txt / .caption or
 the "caption" of .json; the class from .cls (an int, or else a name) or the "class" / "label" of
 .json. A member whose name has no key.extension form, a sample without an image and a shard cut
-short all become items with a reason. A unit is a shard, or a slice of `unit_size` samples of a
+short all become items with a reason, and so does a member whose name is absolute or has a `..`
+component (its key becomes the row's origin and image path, which must stay inside the source:
+such a member is never read). A unit is a shard, or a slice of `unit_size` samples of a
 large one; its identity is the shard's relative name, size and sample range.
 
 Planning reads every member header once and puts each unit's member offsets in its payload, so
@@ -53,6 +55,9 @@ def scan_shard(tf: tarfile.TarFile) -> list[Item]:
     try:
         for m in tf:
             if m.isdir():
+                continue
+            if m.name.startswith("/") or ".." in m.name.split("/"):
+                items.append(("bad", m.name, "member name is absolute or has a '..' component: refused"))
                 continue
             parts = split_member(m.name)
             if parts is None:
