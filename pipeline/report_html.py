@@ -91,12 +91,9 @@ def build_report(run: str | os.PathLike, out: str | os.PathLike | None = None, s
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>aigi report: {escape(name)}</title><style>{CSS}</style></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")
-    path = Path(out) if out is not None else rd.root / "report.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    from aigi.core import atomic
+
+    return atomic.write_text(Path(out) if out is not None else rd.root / "report.html", page)
 
 
 # ---------------------------------------------------------------- reading the run
