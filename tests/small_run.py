@@ -20,6 +20,15 @@ def png(seed: int, size: int = 32) -> bytes:
     return buf.getvalue()
 
 
+def photo_folder(base: Path, n: int, name: str = "cat") -> Path:
+    """`n` tiny PNG photos in base/photos/<name>/ (a class folder); returns base/photos."""
+    folder = base / "photos" / name
+    folder.mkdir(parents=True)
+    for i in range(n):
+        (folder / f"{i}.png").write_bytes(png(i))
+    return base / "photos"
+
+
 def small_run(base: Path, photos: int = 12, copy_of: int | None = None, images_per_prompt: int = 4,
               generator: dict[str, Any] | None = None, **config: Any) -> Path:
     """Run `photos` photos (the last an exact copy of photo `copy_of` when given, so dedupe drops
@@ -28,12 +37,9 @@ def small_run(base: Path, photos: int = 12, copy_of: int | None = None, images_p
     from aigi.pipeline.config import parse_config
     from aigi.pipeline.run import run
 
-    folder = base / "photos" / "cat"
-    folder.mkdir(parents=True)
-    for i in range(photos - (copy_of is not None)):
-        (folder / f"{i}.png").write_bytes(png(i))
+    photo_folder(base, photos - (copy_of is not None))
     if copy_of is not None:
-        (folder / "copy.png").write_bytes(png(copy_of))
+        (base / "photos" / "cat" / "copy.png").write_bytes(png(copy_of))
     model = tiny_stable_diffusion(base / "sd", seed=4)
     cfg = parse_config({
         "run": {"out": str(base / "run"), "seed": 1},

@@ -8,19 +8,10 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from cluster_util import Cluster
-from PIL import Image
-
-
-def png(seed: int, size: int = 32) -> bytes:
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC).save(buf, "PNG")
-    return buf.getvalue()
+from small_run import photo_folder
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +36,7 @@ def config_for(tmp_path_factory):
     from aigi.pipeline.config import parse_config
 
     base = tmp_path_factory.mktemp("inputs")
-    photos = base / "photos" / "cat"
-    photos.mkdir(parents=True)
-    for i in range(8):
-        (photos / f"{i}.png").write_bytes(png(i))
+    photo_folder(base, 8)
     model = tiny_stable_diffusion(base / "sd", seed=4)
 
     def make(out: Path):

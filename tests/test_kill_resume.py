@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from cluster_util import Cluster
-from small_run import png
+from small_run import photo_folder
 
 from aigi.manifests.verify import verify_run
 
@@ -37,10 +37,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from aigi.pipeline.run import run
 
     base = tmp_path_factory.mktemp("kill")
-    photos = base / "photos" / "cat"
-    photos.mkdir(parents=True)
-    for i in range(8):
-        (photos / f"{i}.png").write_bytes(png(i))
+    photo_folder(base, 8)
     model = tiny_stable_diffusion(base / "sd", seed=4)
     clip = to_dict(get("clip_rn50").tiny(base / "clip"))
     toml = "\n".join([
