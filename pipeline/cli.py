@@ -376,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aigi: interrupted; finished units are kept, re-run to continue", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `aigi status RUN | head`: the reader left, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:  # one line for the user; the traceback on demand
         if os.environ.get("AIGI_DEBUG"):
             raise

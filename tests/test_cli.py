@@ -56,3 +56,17 @@ def test_console_script_and_namespaced_layout(tmp_path: Path) -> None:
     assert out.stdout.strip() == "ok"
     out = subprocess.run(["aigi", "--help"], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0 and "demo" in out.stdout
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`aigi features | head -1`: the pipe closes under the writer; aigi exits 0, quietly."""
+    import os
+
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone: every write raises BrokenPipeError
+    out = os.fdopen(w, "w", buffering=1)
+    monkeypatch.setattr(sys, "stdout", out)
+    try:
+        assert main(["features"]) == 0
+    finally:
+        out.close()
