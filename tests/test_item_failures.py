@@ -132,3 +132,58 @@ def test_a_failing_setup_fails_the_stage_once_in_one_line(tmp_path: Path, model:
     msg = str(e.value)
     assert len(loads) == 1  # tried once, not once per unit
     assert "\n" not in msg and msg.count("setup failed") == 1 and "OSError" in msg and "2 of 2 units" in msg
+
+
+def test_a_failing_aligned_parent_is_left_out_and_retried_alone(tmp_path: Path, model: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from small_run import photo_folder
+
+    from aigi.manifests.schema import IMAGES
+    from aigi.manifests.shards import read_shards
+    from aigi.pipeline import worker_state
+
+    photos = photo_folder(tmp_path, 6)
+
+    def config(out: Path):
+        return parse_config({
+            "run": {"out": str(out), "seed": 1},
+            "real": {"path": str(photos), "class_from_folder": True, "unit_size": 6},
+            "generators": [{"name": "vae", "family": "stable_diffusion", "model": str(model),
+                            "mode": "vae_roundtrip", "size": [32, 32], "batch_size": 4}],
+        })
+
+    def rows(out: Path) -> dict[str, str]:
+        shards = sorted((out / "images" / "vae").glob("*.parquet"))
+        return {r["image_id"]: r["sha256"] for r in read_shards(shards, IMAGES, columns=["image_id", "sha256"]).to_pylist()}
+
+    worker_state.clear()
+    run(config(tmp_path / "clean"), serial=True, stream=io.StringIO())
+    clean = read_shards(sorted((tmp_path / "clean" / "images" / "vae").glob("*.parquet")), IMAGES,
+                        columns=["seed"]).column("seed").to_pylist()
+    bad = set(clean[:2])
+    real_aligned = StableDiffusion.generate_aligned
+    seen: list[int] = []
+
+    def flaky(self, mode, parents, masks, prompts, seeds, settings, strength):
+        if bad & set(seeds):
+            raise RuntimeError("transient")
+        seen.extend(seeds)
+        return real_aligned(self, mode, parents, masks, prompts, seeds, settings, strength)
+
+    monkeypatch.setattr(StableDiffusion, "generate_aligned", flaky)
+    worker_state.clear()
+    out = tmp_path / "run"
+    run(config(out), serial=True, stream=io.StringIO())
+    assert len(rows(out)) == 4
+    [st] = [r for r in stage_status(out / "logs") if r["stage"] == "aligned/vae"]
+    assert st["failed_items"] == 2
+
+    bad.clear()
+    seen.clear()
+    worker_state.clear()
+    run(config(out), serial=True, stream=io.StringIO())
+    assert sorted(seen) == sorted(clean[:2])  # only the two that failed
+    assert set(rows(out)) == set(rows(tmp_path / "clean"))
+    from aigi.manifests.verify import verify_run
+
+    assert verify_run(out) == []

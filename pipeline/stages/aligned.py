@@ -5,7 +5,8 @@ decoded (by the shared decoder, in a thread pool that runs ahead of the model), 
 entry's size, given its mask and prompt, generated in batches of equal settings, optionally
 pasted back, measured against its fitted parent (PSNR, SSIM) and encoded as PNG. A real that
 cannot be decoded, is smaller than `min_side`, or lacks the source mask an entry asks for is
-written to `RUN/quarantine/aligned/<generator>/` with the reason; the unit goes on.
+written to `RUN/quarantine/aligned/<generator>/` with the reason; the unit goes on. A real whose
+generation raises is left out and retried alone by the next run (`stages/retry.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from aigi.manifests.shards import read_shard, read_shards, write_shard
 from aigi.pipeline.stage import RunContext, Unit
 from aigi.pipeline.stages.common import planned_outputs, producer_of, shard_index
 from aigi.pipeline.stages.generate import GeneratorStage, halving_on_oom
+from aigi.pipeline.stages.retry import failure, one_by_one, raise_if_all_failed, retry_units
 
 ALIGNED_VERSION = 1
 PARENT_COLUMNS = ["image_id", "image", "prompt", "class_id", "class_name", "mask"]
@@ -55,8 +57,9 @@ class AlignedStage(GeneratorStage):
             )
             out = self.ctx.run.image_dir(self.gen.name) / f"{shard_index(i)}-{producer[:8]}.parquet"
             n = _rows(shard)
-            units.append(Unit(self.label, f"{self.gen.name}/{shard_index(i)}", str(out), producer, n,
-                              {"reals": str(shard), "classes": classes}))
+            unit = Unit(self.label, f"{self.gen.name}/{shard_index(i)}", str(out), producer, n,
+                        {"reals": str(shard), "classes": classes})
+            units += [unit, *retry_units(unit)]
         return units
 
     @staticmethod
@@ -70,6 +73,11 @@ class AlignedStage(GeneratorStage):
 
         gen, mode = self.gen, self.gen.mode
         reals = read_shard(unit.payload["reals"], IMAGES, columns=PARENT_COLUMNS).to_pylist()
+        # each real's row number in its shard: what a failed item is recorded (and retried) by
+        positions = list(range(len(reals)))
+        if unit.payload.get("only") is not None:  # a retry unit: just the parents that failed before
+            positions = sorted(set(unit.payload["only"]) & set(positions))
+            reals = [reals[i] for i in positions]
         run_seed = self.ctx.config.run.seed
         seeds = [derive_seed(run_seed, gen.name, r["image_id"]) for r in reals]
         settings = [draw(gen, s) for s in seeds]
@@ -77,6 +85,7 @@ class AlignedStage(GeneratorStage):
         on_gpu = not resolve_device(gen.device).startswith("cpu")
         rows: list[Any] = [None] * len(reals)  # futures of the rows
         bad: list[dict[str, str]] = []
+        failed: list[dict[str, Any]] = []
         stats = {"oom_retries": 0}
         provenance: dict[str, Any] = {}
         # On a GPU a thread pool decodes ahead and encodes behind the model; on a CPU it would only
@@ -100,13 +109,23 @@ class AlignedStage(GeneratorStage):
                     else:
                         ready.append((i, got))
                 for lo in range(0, len(ready), gen.batch_size):
-                    batch = ready[lo : lo + gen.batch_size]
-                    fakes = halving_on_oom(
-                        lambda p, m, t, s, st=st, strength=strength: state.generate_aligned(mode, p, m, t, s, st, strength),
-                        [[b["parent"] for _, b in batch], [b["mask"] for _, b in batch],
-                         [b["prompt"] for _, b in batch], [seeds[i] for i, _ in batch]],
-                        stats,
-                    )
+                    got = dict(ready[lo : lo + gen.batch_size])
+
+                    def call(idx: list[int], got: dict[int, Any] = got, st: Settings = st,
+                             strength: float = strength) -> list[Any]:
+                        return halving_on_oom(
+                            lambda parents, masks, prompts, s: state.generate_aligned(
+                                mode, parents, masks, prompts, s, st, strength),
+                            [[got[i]["parent"] for i in idx], [got[i]["mask"] for i in idx],
+                             [got[i]["prompt"] for i in idx], [seeds[i] for i in idx]],
+                            stats,
+                        )
+
+                    idx, fakes = one_by_one(call, list(got), failed, lambda i, e: failure(
+                        positions[i], e, parent_id=reals[i]["image_id"], seed=seeds[i]))
+                    if not idx:
+                        continue
+                    batch = [(i, got[i]) for i in idx]
                     if gen.aligned.paste_back:
                         fakes = [al.paste_back(f, b["parent"], b["mask"]) if b["mask"] is not None else f
                                  for (_, b), f in zip(batch, fakes, strict=True)]
@@ -114,6 +133,7 @@ class AlignedStage(GeneratorStage):
                     metrics = al.change_metrics([b["parent"] for _, b in batch], fakes, getattr(state, "device", "cpu"))
                     for (i, b), fake, m in zip(batch, fakes, metrics, strict=True):
                         rows[i] = pool.submit(self._row, reals[i], b, fake, m, seeds[i], st, strength, prov)
+        raise_if_all_failed(failed, len(reals) - len(bad))
         done = [r.result() for r in rows if r is not None]
         if bad:
             qpath = self.ctx.run.quarantine / "aligned" / gen.name / Path(unit.output).name
@@ -121,8 +141,10 @@ class AlignedStage(GeneratorStage):
         table = pa.Table.from_pylist(done, schema=IMAGES.arrow)
         first = {**next(iter(provenance.values()), {}), "schedulers": sorted(provenance), "mode": mode}
         write_shard(table, unit.output, IMAGES, unit.producer,
-                    extra={"generator": gen.name, "parent_source": self.parent, "provenance": first})
-        return {"items": len(done), "quarantined": len(bad), "provenance": {gen.name: first}, **stats}
+                    extra={"generator": gen.name, "parent_source": self.parent, "provenance": first,
+                           "failed": failed})
+        return {"items": len(done), "quarantined": len(bad), "failed_items": len(failed),
+                "provenance": {gen.name: first}, **stats}
 
     def _prepare(self, real: dict[str, Any], st: Settings, nb: dict[str, float], classes: list[str]) -> Any:
         """The fitted parent, mask and prompt of one real; or the reason it cannot be used."""

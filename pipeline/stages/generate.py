@@ -17,7 +17,6 @@ A unit whose every item fails raises: that is not an item's problem.
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -29,9 +28,10 @@ from aigi.generators.settings import Settings, draw
 from aigi.manifests.ids import content_id, derive_seed, fingerprint, sha256_bytes
 from aigi.manifests.imagebytes import encode_png
 from aigi.manifests.schema import IMAGES, PROMPTS
-from aigi.manifests.shards import check_shard, shard_meta, write_shard
+from aigi.manifests.shards import check_shard, write_shard
 from aigi.pipeline.stage import RunContext, Stage, Unit
 from aigi.pipeline.stages.common import shard_index
+from aigi.pipeline.stages.retry import failure, one_by_one, raise_if_all_failed, retry_units
 
 PROMPT_COLUMNS = ["prompt_id", "prompt", "class_id", "class_name"]
 ENCODE_THREADS = 4
@@ -123,8 +123,7 @@ class GenerateStage(GeneratorStage):
                     assert row is not None
                     row["image"] = {"bytes": data, "path": f"{row['image_id']}.png"}
                     row["sha256"] = sha256_bytes(data)
-        if failed and len(failed) == len(items):
-            raise ItemsFailed(f"every one of its {len(items)} images failed; the first: {failed[0]['error']}")
+        raise_if_all_failed(failed, len(items))
         table = pa.Table.from_pylist([r for r in rows if r is not None], schema=IMAGES.arrow)
         # run.json keeps one record per generator; the schedulers a varied entry used are listed in it.
         first = {**next(iter(provenance.values())), "schedulers": sorted(provenance)}
@@ -135,25 +134,14 @@ class GenerateStage(GeneratorStage):
 
     def _generate(self, state: Generator, items: list[dict[str, Any]], seeds: list[int], batch: list[int],
                   st: Settings, stats: dict[str, int], failed: list[dict[str, Any]]) -> tuple[list[int], list[Any]]:
-        """(the batch's items that succeeded, their images): a batch that raises is retried image
-        by image, and the images that still raise are recorded in `failed`."""
-        def one(b: list[int]) -> list[Any]:
+        """(the batch's items that succeeded, their images); the others are added to `failed`."""
+        def call(b: list[int]) -> list[Any]:
             return generate_with_retry(state, [items[i]["prompt"] for i in b], [items[i]["class_id"] for i in b],
                                        [seeds[i] for i in b], st, stats)
-        try:
-            return batch, one(batch)
-        except Exception as e:  # noqa: BLE001 - narrowed below, item by item
-            if len(batch) == 1:
-                failed.append(_failure(items[batch[0]], seeds[batch[0]], e))
-                return [], []
-        good, images = [], []
-        for i in batch:
-            try:
-                images += one([i])
-                good.append(i)
-            except Exception as e:  # noqa: BLE001 - recorded with its error, retried next run
-                failed.append(_failure(items[i], seeds[i], e))
-        return good, images
+
+        return one_by_one(call, batch, failed, lambda i, e: failure(
+            items[i]["index"], e, seed=seeds[i], prompt_id=items[i]["prompt_id"], k=items[i]["k"]))
+
 
     def _row(
         self, item: dict[str, Any], seed: int, st: Settings, prov: dict[str, Any], im: Any, honours: frozenset[str]
@@ -195,40 +183,6 @@ class GenerateStage(GeneratorStage):
             "ssim": None,
             "lpips": None,
         }
-
-
-class ItemsFailed(RuntimeError):
-    """Every item of a unit failed."""
-
-
-def _failure(item: dict[str, Any], seed: int, error: BaseException) -> dict[str, Any]:
-    return {"index": item["index"], "prompt_id": item["prompt_id"], "k": item["k"], "seed": seed,
-            "error": f"{type(error).__name__}: {str(error)[:500]}"}
-
-
-def failed_items(path: str | Path) -> list[dict[str, Any]]:
-    """The items a finished shard lists as failed (none for a shard written before failures
-    were recorded)."""
-    return list(shard_meta(path)["extra"].get("failed") or [])
-
-
-def retry_units(unit: Unit) -> list[Unit]:
-    """For a finished unit whose shard lists failed items: a unit for those items, then (if that
-    one has run and some still failed) one for those, and so on."""
-    out: list[Unit] = []
-    current = unit
-    while Path(current.output).exists() and shard_meta(current.output)["producer"] == current.producer:
-        failed = failed_items(current.output)
-        if not failed:
-            break
-        indices = sorted(f["index"] for f in failed)
-        producer = fingerprint([unit.producer, "retry", indices])
-        base = Path(unit.output)
-        retry_out = base.with_name(f"{base.stem}-retry-{producer[:8]}.parquet")
-        current = Unit(unit.stage, f"{unit.key}/retry-{producer[:8]}", str(retry_out), producer,
-                       len(indices), {**unit.payload, "only": indices})
-        out.append(current)
-    return out
 
 
 def plan_units(stage: GenerateStage, prompts_path: str, prompt_ids: list[str]) -> list[Unit]:
