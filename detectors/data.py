@@ -76,14 +76,14 @@ class FeatureSet:
     ) -> FeatureSet:
         """The images `ids` (in that order) of feature stores whose shards are `shards[column]`;
         every id must be in every column's shards (a missing one is an error naming it)."""
-        import pyarrow.parquet as pq
+        from aigi.manifests.shards import read_table
 
         fs = cls(np.asarray(ids), labels, sources, shards={k: [Path(p) for p in v] for k, v in shards.items()})
         position = {i: k for k, i in enumerate(fs.ids.tolist())}
         for column, paths in fs.shards.items():
             seen = np.zeros(len(fs), dtype=bool)
             for p in paths:
-                shard_ids = pq.read_table(p, columns=["image_id"]).column("image_id").to_pylist()
+                shard_ids = read_table(p, columns=["image_id"]).column("image_id").to_pylist()
                 rows = [(r, position[i]) for r, i in enumerate(shard_ids) if i in position]
                 if rows:
                     r, pos = (np.array(v, dtype=np.int64) for v in zip(*rows, strict=True))

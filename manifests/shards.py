@@ -187,11 +187,36 @@ def read_shard(
 ) -> pa.Table:
     """Read a shard after checking its schema name, version and (optionally) producer."""
     check_shard(path, schema, producer)
+    return read_table(path, columns=columns)
+
+
+def read_table(path: str | os.PathLike, **kwargs: Any) -> pa.Table:
+    """`pq.read_table(path, **kwargs)`, except that a damaged file raises `UnreadableShard`
+    naming it (pyarrow's errors name no file)."""
     try:
-        return pq.read_table(path, columns=columns)
+        return pq.read_table(path, **kwargs)
     except FileNotFoundError:
         raise
-    except (pa.ArrowException, OSError) as e:  # a footer intact over damaged pages
+    except (pa.ArrowException, OSError) as e:  # a footer intact over damaged pages, or no footer
+        raise _unreadable(path, e) from e
+
+
+def parquet_file(path: str | os.PathLike) -> pq.ParquetFile:
+    """`pq.ParquetFile(path)` (its footer read), a damaged file raising `UnreadableShard`."""
+    try:
+        return pq.ParquetFile(path)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as e:
+        raise _unreadable(path, e) from e
+
+
+def read_row_groups(path: str | os.PathLike, groups: list[int], columns: list[str] | None = None) -> pa.Table:
+    """Some row groups of a file, a damaged file raising `UnreadableShard` naming it."""
+    pf = parquet_file(path)
+    try:
+        return pf.read_row_groups(groups, columns=columns)
+    except (pa.ArrowException, OSError) as e:
         raise _unreadable(path, e) from e
 
 

@@ -67,6 +67,18 @@ def test_damaged_pages_under_an_intact_footer_name_the_path(tmp_path: Path) -> N
         read_shard(path, PROMPTS)
 
 
+def test_stages_that_read_parquet_directly_name_the_damaged_file(tmp_path: Path) -> None:
+    """The generation stage reads its prompts' row groups itself; a damaged page names the file."""
+    from aigi.pipeline.stages.generate import read_items
+
+    path = prompts_shard(tmp_path / "prompts.parquet")
+    data = bytearray(path.read_bytes())
+    data[4:400] = b"\x17" * 396
+    path.write_bytes(bytes(data))
+    with pytest.raises(UnreadableShard, match=f"^{path}: unreadable Parquet file"):
+        read_items({"prompts": str(path), "lo": 0, "hi": 4, "per_prompt": 2})
+
+
 def test_missing_shard_stays_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         read_shard(tmp_path / "absent.parquet", PROMPTS)

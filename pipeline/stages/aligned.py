@@ -25,7 +25,7 @@ from aigi.manifests.imagebytes import encode_png
 from aigi.manifests.schema import IMAGES, QUARANTINE
 from aigi.manifests.shards import read_shard, read_shards, write_shard
 from aigi.pipeline.stage import RunContext, Unit
-from aigi.pipeline.stages.common import planned_outputs, producer_of, shard_index
+from aigi.pipeline.stages.common import num_rows, planned_outputs, producer_of, shard_index
 from aigi.pipeline.stages.generate import GeneratorStage, halving_on_oom
 from aigi.pipeline.stages.retry import failure, one_by_one, raise_if_all_failed, retry_units
 
@@ -56,7 +56,7 @@ class AlignedStage(GeneratorStage):
                 ["aligned", ALIGNED_VERSION, self._fp, self.ctx.config.run.seed, producer_of(shard), classes]
             )
             out = self.ctx.run.image_dir(self.gen.name) / f"{shard_index(i)}-{producer[:8]}.parquet"
-            n = _rows(shard)
+            n = num_rows(shard)
             unit = Unit(self.label, f"{self.gen.name}/{shard_index(i)}", str(out), producer, n,
                         {"reals": str(shard), "classes": classes})
             units += [unit, *retry_units(unit)]
@@ -238,9 +238,3 @@ class _Inline:
         except BaseException as e:  # delivered by .result(), as a pool would
             future.set_exception(e)
         return future
-
-
-def _rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).metadata.num_rows

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from aigi.manifests.ids import fingerprint
 from aigi.manifests.schema import IMAGES, Schema
-from aigi.manifests.shards import read_shard, shard_meta, write_shard
+from aigi.manifests.shards import parquet_file, read_shard, shard_meta, write_shard
 from aigi.pipeline.stage import RunContext, Stage, Unit
 
 
@@ -60,9 +60,7 @@ def producer_of(path: Path) -> str:
 
 def num_rows(path: Path) -> int:
     """Rows of a Parquet file, from its footer."""
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).metadata.num_rows
+    return parquet_file(path).metadata.num_rows
 
 
 def shard_index(i: int) -> str:

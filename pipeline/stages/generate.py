@@ -20,7 +20,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from aigi.core.devices import resolve_device
 from aigi.generators.base import Generator, GeneratorConfig
@@ -28,7 +27,13 @@ from aigi.generators.settings import Settings, draw
 from aigi.manifests.ids import content_id, derive_seed, fingerprint, sha256_bytes
 from aigi.manifests.imagebytes import encode_png
 from aigi.manifests.schema import IMAGES, PROMPTS
-from aigi.manifests.shards import check_shard, write_shard
+from aigi.manifests.shards import (
+    check_shard,
+    parquet_file,
+    read_row_groups,
+    read_table,
+    write_shard,
+)
 from aigi.pipeline.stage import RunContext, Stage, Unit
 from aigi.pipeline.stages.common import shard_index
 from aigi.pipeline.stages.retry import failure, one_by_one, raise_if_all_failed, retry_units
@@ -71,7 +76,7 @@ class GenerateStage(GeneratorStage):
     def plan(self) -> list[Unit]:
         path = self.ctx.run.prompts / "prompts.parquet"
         check_shard(path, PROMPTS)
-        ids = pq.read_table(path, columns=["prompt_id"]).column("prompt_id").to_pylist()
+        ids = read_table(path, columns=["prompt_id"]).column("prompt_id").to_pylist()
         return plan_units(self, str(path), ids)
 
     def preview(self) -> tuple[int, int] | None:
@@ -209,7 +214,7 @@ def read_items(payload: dict[str, Any]) -> list[dict[str, Any]]:
     """The unit's (prompt row, k) items, reading only the row groups that hold them."""
     k, lo, hi = payload["per_prompt"], payload["lo"], payload["hi"]
     first, last = lo // k, (hi - 1) // k
-    pf = pq.ParquetFile(payload["prompts"])
+    pf = parquet_file(payload["prompts"])
     groups, start, offset = [], 0, None
     for g in range(pf.metadata.num_row_groups):
         n = pf.metadata.row_group(g).num_rows
@@ -217,7 +222,7 @@ def read_items(payload: dict[str, Any]) -> list[dict[str, Any]]:
             groups.append(g)
             offset = start if offset is None else offset
         start += n
-    rows = pf.read_row_groups(groups, columns=PROMPT_COLUMNS).to_pylist() if groups else []
+    rows = read_row_groups(payload["prompts"], groups, PROMPT_COLUMNS).to_pylist() if groups else []
     out = []
     for j in range(lo, hi):
         row = rows[j // k - (offset or 0)]

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from aigi.core.configtools import to_dict
 from aigi.manifests.ids import fingerprint
 from aigi.manifests.schema import IMAGES, MEASURES, NORMALIZE_PLAN, NORMALIZED, PAIRS
-from aigi.manifests.shards import read_shard, read_shards, write_shard
+from aigi.manifests.shards import read_shard, read_shards, read_table, write_shard
 from aigi.pipeline.stage import RunContext, Stage, Unit
 from aigi.pipeline.stages.common import curation_path, image_shards, planned_outputs, producer_of
 
@@ -60,14 +60,13 @@ class NormalizeStage(Stage):
     name = "normalize"
 
     def plan(self) -> list[Unit]:
-        import pyarrow.parquet as pq
 
         plan_path = self.ctx.run.curation / "normalize_plan.parquet"
         plan = read_shard(plan_path, NORMALIZE_PLAN)
         row_of = {image_id: i for i, image_id in enumerate(plan.column("image_id").to_pylist())}
         units = []
         for shard in image_shards(self.ctx):
-            ids = pq.read_table(shard, columns=["image_id"]).column("image_id").to_pylist()
+            ids = read_table(shard, columns=["image_id"]).column("image_id").to_pylist()
             # A unit's identity is its own images' treatment, not the whole plan's: a generator
             # added later (new pairs elsewhere) leaves these shards, and their features, alone.
             mine = plan.take(pa.array([row_of[i] for i in ids], pa.int64()))
@@ -81,14 +80,13 @@ class NormalizeStage(Stage):
         return units
 
     def process(self, unit: Unit, state: Any) -> dict[str, Any]:
-        import pyarrow.parquet as pq
 
         from aigi.curation.measure import measure_rows
         from aigi.curation.normalize import normalize_rows, normalize_seed
 
         images = read_shard(unit.payload["images"], IMAGES)
         ids = images.column("image_id")
-        plan = pq.read_table(unit.payload["plan"], filters=pc.is_in(pc.field("image_id"), value_set=ids.combine_chunks()))
+        plan = read_table(unit.payload["plan"], filters=pc.is_in(pc.field("image_id"), value_set=ids.combine_chunks()))
         where = pc.index_in(ids, value_set=plan.column("image_id")).to_pylist()
         if any(w is None for w in where):
             raise RuntimeError(f"{unit.payload['plan']} has no plan for some images of {unit.payload['images']}")

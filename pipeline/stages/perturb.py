@@ -14,11 +14,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from aigi.manifests.ids import content_id, derive_seed, fingerprint, sha256_bytes
 from aigi.manifests.schema import IMAGES, PERTURBATIONS, SPLITS
-from aigi.manifests.shards import read_shard, write_shard
+from aigi.manifests.shards import read_shard, read_table, write_shard
 from aigi.pipeline.stage import Stage, Unit
 from aigi.pipeline.stages.common import curated_shards, curation_path, producer_of
 
@@ -34,7 +33,7 @@ class PerturbStage(Stage):
         test = set(splits.filter(pc.equal(splits.column("split"), "test")).column("image_id").to_pylist())
         units = []
         for shard in curated_shards(self.ctx):
-            ids = [i for i in pq.read_table(shard, columns=["image_id"]).column("image_id").to_pylist() if i in test]
+            ids = [i for i in read_table(shard, columns=["image_id"]).column("image_id").to_pylist() if i in test]
             if not ids:
                 continue
             producer = fingerprint(["perturb", PERTURB_VERSION, variants, self.ctx.config.run.seed,
