@@ -12,7 +12,7 @@ from aigi.manifests.rundir import RunDir
 from aigi.pipeline.config import RunConfig, check_inputs
 from aigi.pipeline.events import EventLog
 from aigi.pipeline.lock import run_lock
-from aigi.pipeline.runinfo import write_run_json
+from aigi.pipeline.runinfo import environment_warnings, worker_environments, write_run_json
 from aigi.pipeline.runner import StageResult, forget_other_plans, run_stages, write_if_changed
 from aigi.pipeline.stage import RunContext, Stage
 
@@ -117,11 +117,13 @@ def run(
         ctx = RunContext(config=config, run=rundir)
         stages = build_stages(ctx)
 
+        workers: list[dict[str, Any]] = []  # the cluster's worker environments; none in this process
+
         def write_records() -> None:
             # the config is recorded once it produces something (or finds all done), never when refused
             if config_text is not None:
                 write_if_changed(rundir.config, config_text)
-            write_run_json(rundir.run_json, config)
+            write_run_json(rundir.run_json, config, workers=workers)
             # The plans of stages this config no longer has go: later stages plan from recorded plans.
             forget_other_plans(rundir.logs, [s.label for s in stages])
 
@@ -134,7 +136,12 @@ def run(
                 dashboard = dashboard_link(client)
                 where = scheduler or config.dask.address or "embedded LocalCluster"
                 stream.write(f"dask: {where}" + (f", dashboard {dashboard}" if dashboard else "") + "\n")
-                EventLog(rundir.logs).write("run_start", where=where, dashboard=dashboard)
+                workers = worker_environments(client)
+                for warning in environment_warnings(workers):
+                    stream.write(f"warning: {warning}: the bytes of an image may depend on the worker that "
+                                 "made it (docs/reproducibility.md); run.json lists them\n")
+                EventLog(rundir.logs).write("run_start", where=where, dashboard=dashboard,
+                                            workers=sum(w["workers"] for w in workers))
                 executor = DaskExecutor(client, stall_timeout=config.dask.stall_timeout)
                 results = run_stages(stages, executor, rundir.logs, stream, before_work=write_records)
         write_records()
@@ -143,5 +150,5 @@ def run(
             for s in r.summaries:
                 models.update(s.get("provenance", {}))
         if models:
-            write_run_json(rundir.run_json, config, models)
+            write_run_json(rundir.run_json, config, models, workers=workers)
     return RunReport(rundir, results, time.perf_counter() - t0, dashboard)

@@ -52,11 +52,39 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-def write_run_json(path: Path, config: Any, models: dict[str, Any] | None = None) -> dict[str, Any]:
+def environment() -> dict[str, Any]:
+    """This process's library versions and hardware (run on each Dask worker)."""
+    return {"versions": library_versions(), "hardware": hardware()}
+
+
+def worker_environments(client: Any) -> list[dict[str, Any]]:
+    """The distinct environments of a cluster's workers, each with how many workers have it."""
+    envs: dict[str, dict[str, Any]] = {}
+    for env in client.run(environment).values():
+        key = fingerprint(env)
+        envs.setdefault(key, {**env, "workers": 0})["workers"] += 1
+    return sorted(envs.values(), key=lambda e: -e["workers"])
+
+
+def environment_warnings(workers: list[dict[str, Any]]) -> list[str]:
+    """Why the bytes a run makes could depend on which worker made them (docs/reproducibility.md)."""
+    out = []
+    versions = {json.dumps(w["versions"], sort_keys=True) for w in workers}
+    if len(versions) > 1:
+        out.append(f"the workers run {len(versions)} different sets of library versions")
+    machines = {(w["hardware"].get("machine"), tuple(w["hardware"].get("gpus", []))) for w in workers}
+    if len(machines) > 1:
+        out.append(f"the workers run on {len(machines)} kinds of hardware")
+    return out
+
+
+def write_run_json(path: Path, config: Any, models: dict[str, Any] | None = None,
+                   workers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write run.json, keeping model provenance recorded by earlier runs of the same directory.
 
-    The file is rewritten only when its content changes, so re-running a finished run leaves it
-    untouched.
+    `workers`: the environments of the cluster's workers (library versions, hardware, how many
+    workers have each); [] for a run in this process. The file is rewritten only when its content
+    changes, so re-running a finished run leaves it untouched.
     """
     old: dict[str, Any] = {}
     if path.exists():
@@ -69,6 +97,7 @@ def write_run_json(path: Path, config: Any, models: dict[str, Any] | None = None
         "versions": library_versions(),
         "hardware": hardware(),
         "models": {**old.get("models", {}), **(models or {})},
+        "workers": workers if workers is not None else old.get("workers", []),
     }
     write_if_changed(path, json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info

@@ -136,6 +136,9 @@ def test_workers_killed_mid_generation_and_mid_features_lose_nothing(inputs: dic
             killed.append(addr)
         assert proc.wait(180) == 0, (tmp_path / "aigi.log").read_text()[-3000:]
         assert len(killed) == 2
+        # run.json lists the workers' environments: one, shared by both workers
+        [env] = json.loads((out / "run.json").read_text())["workers"]
+        assert env["workers"] == 2 and env["versions"]["torch"]
         # the run finished by itself; nothing is lost and a resume finds nothing to do
         assert rows(out) == inputs["reference"] and verify_run(out) == []
     finally:

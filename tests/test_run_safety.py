@@ -186,3 +186,20 @@ def test_a_full_disk_fails_the_unit_leaves_no_partial_and_the_rerun_completes(
     from aigi.manifests.verify import verify_run
 
     assert verify_run(root) == []
+
+
+def test_workers_of_different_environments_are_recorded_and_warned_about() -> None:
+    from aigi.pipeline.runinfo import environment, environment_warnings, worker_environments
+
+    here = environment()
+    other = {**here, "versions": {**here["versions"], "torch": "0.0.1"}}
+
+    class Client:  # what distributed's Client.run returns: worker address -> result
+        def run(self, fn):
+            assert fn is environment
+            return {"tcp://a": here, "tcp://b": here, "tcp://c": other}
+
+    envs = worker_environments(Client())
+    assert [e["workers"] for e in envs] == [2, 1] and envs[1]["versions"]["torch"] == "0.0.1"
+    assert environment_warnings(envs) == ["the workers run 2 different sets of library versions"]
+    assert environment_warnings(envs[:1]) == []
