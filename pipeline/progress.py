@@ -37,13 +37,19 @@ class Progress:
         self._last = 0.0
         self._bar: Any = None
         if live_wanted(self.stream) if live is None else live:
+            import shutil
+
             from tqdm import tqdm
 
             # The bar counts items when the plan knows them (ETA from images, not units).
             by_items = total_items > 0
+            # A terminal that reports no size (a fresh pty, `script`, some CI runners) gets 100 x 20:
+            # tqdm draws nothing in 0 columns, and hides every bar below row 0 of a 0-row screen.
+            size = shutil.get_terminal_size((100, 20))
             self._bar = tqdm(
                 total=total_items if by_items else total_units, unit=item_name if by_items else "unit",
-                desc=f"[{label}]", file=self.stream, dynamic_ncols=True, leave=True, mininterval=0.2,
+                desc=f"[{label}]", file=self.stream, ncols=size.columns or 100, nrows=size.lines or 20,
+                leave=True, mininterval=0.2,
             )
 
     def update(self, items: int, failed: bool = False) -> None:

@@ -45,3 +45,33 @@ def test_a_pipe_gets_plain_lines(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_environment_overrides_the_guess(monkeypatch: pytest.MonkeyPatch, mode: str, stream: type, live: bool) -> None:
     monkeypatch.setenv("AIGI_PROGRESS", mode)
     assert ("\r" in _drive(stream())) is live
+
+
+def test_a_real_terminal_that_reports_no_size_still_shows_the_bar() -> None:
+    """A fresh pty reports 0 x 0 (as under `script` or some CI runners): tqdm would draw nothing."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom aigi.pipeline.progress import Progress\n"
+            "p = Progress('generate/sd', 2, 8, 'images', sys.stdout)\np.update(4)\np.update(4)\n")
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ("AIGI_PROGRESS", "COLUMNS", "LINES")}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=slave, stdout=slave, stderr=slave,
+                            env={**env, "TERM": "xterm"}, close_fds=True)
+    os.close(slave)
+    out = b""
+    while select.select([master], [], [], 20)[0]:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed the pty
+            break
+        if not chunk:
+            break
+        out += chunk
+    proc.wait(20)
+    os.close(master)
+    text = out.decode("utf-8", "replace")
+    assert "[generate/sd]" in text and "8/8" in text and "2/2 units" in text
