@@ -159,7 +159,8 @@ def aigi_config(args: argparse.Namespace, photos: Path, models: dict[str, str], 
         "img2img": {"model": models["text"], **sampled, "aligned": {"strength": args.strength, "prompt": "caption"}},
     }
     return parse_config({
-        "run": {"out": str(out), "seed": 0},
+        # the plain loop's thread count: aigi pins each unit's ([run] torch_threads, default 1)
+        "run": {"out": str(out), "seed": 0, "torch_threads": _threads()},
         "real": {"name": "photos", "source": "parquet", "path": str(photos), "caption_column": "caption",
                  "class_column": "category", "id_column": "id", "class_id_names": "none", "unit_size": args.unit},
         "generators": [{"name": m.replace("_", "-"), "mode": m, **common, **entries[m]} for m in args.modes],
@@ -200,6 +201,12 @@ def build_models(args: argparse.Namespace, tmp: Path) -> dict[str, str]:
     if "regenerate" in args.modes and not args.inpaint_model:
         raise SystemExit("--inpaint-model is needed for regenerate with a real --model")
     return {"text": args.model, "inpaint": args.inpaint_model}
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def main() -> int:

@@ -66,7 +66,8 @@ def aigi_stage(args: argparse.Namespace, model: str, classes: list[str], device:
     from aigi.pipeline.stages.prompts import PromptsStage
 
     cfg = parse_config({
-        "run": {"out": str(out), "seed": 0},
+        # the plain loop's thread count: aigi pins each unit's ([run] torch_threads, default 1)
+        "run": {"out": str(out), "seed": 0, "torch_threads": _threads()},
         "prompts": {"source": "classes", "classes": classes},
         "generators": [{
             "name": "bench", "family": "stable_diffusion", "model": model, "steps": args.steps,
@@ -81,6 +82,12 @@ def aigi_stage(args: argparse.Namespace, model: str, classes: list[str], device:
     [res] = run_stages([GenerateStage(ctx, cfg.generators[0])], SerialExecutor(), ctx.run.logs, sink)
     load = sum(s["setup_s"] for s in res.summaries)
     return load, res.seconds - load
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def main() -> int:
