@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from aigi.detectors.base import Detector, check_labels
+from aigi.detectors.base import Detector, check_input, check_labels
 
 if TYPE_CHECKING:
     from aigi.detectors.data import FeatureSet
@@ -570,8 +570,7 @@ class MapResNetConfig:
     def __post_init__(self) -> None:
         from aigi.core.configtools import check
 
-        check(bool(self.feature), "feature", "must name a feature extractor")
-        check(bool(self.column), "column", "must name a feature column")
+        check_input(self)
         check(self.arch in ("resnet50", "resnet18"), "arch", f"must be resnet50 or resnet18, got {self.arch!r}")
         check(self.normalize in ("none", "imagenet"), "normalize", f"must be none or imagenet, got {self.normalize!r}")
         check(self.crop >= 0, "crop", f"must be >= 0, got {self.crop}")

@@ -111,6 +111,18 @@ def load_detector(folder: str | Path) -> Detector:
     return get(name).load(folder)
 
 
+def check_input(cfg: Any) -> None:
+    """The keys every head's config has: the feature and column it reads; `class_weight` too,
+    where the head has it."""
+    from aigi.core.configtools import check
+
+    check(bool(cfg.feature), "feature", "must name a feature extractor")
+    check(bool(cfg.column), "column", "must name a feature column")
+    if hasattr(cfg, "class_weight"):
+        check(cfg.class_weight in ("balanced", "none"), "class_weight",
+              f"must be 'balanced' or 'none', got {cfg.class_weight!r}")
+
+
 def check_labels(who: str, y: np.ndarray) -> None:
     """Training needs both classes, as 0/1."""
     import numpy as np

@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aigi.core.configtools import check
-from aigi.detectors.base import Detector, check_labels
+from aigi.detectors.base import Detector, check_input, check_labels
 from aigi.detectors.logreg import pooled_matrix
 
 if TYPE_CHECKING:
@@ -39,8 +38,7 @@ class CodeKnnConfig:
     column: str = "code"
 
     def __post_init__(self) -> None:
-        check(bool(self.feature), "feature", "must name a feature extractor")
-        check(bool(self.column), "column", "must name a feature column")
+        check_input(self)
 
 
 def normalize(x: np.ndarray) -> np.ndarray:

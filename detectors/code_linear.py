@@ -10,13 +10,11 @@ decision and AP/AUROC are defined. scikit-learn fits; scoring is numpy on the ke
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from aigi.core.configtools import check
+from aigi.detectors.base import check_input
 from aigi.detectors.logreg import LogReg
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass(frozen=True)
@@ -30,15 +28,9 @@ class CodeLinearConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check(bool(self.feature), "feature", "must name a feature extractor")
-        check(bool(self.column), "column", "must name a feature column")
+        check_input(self)
         check(self.C > 0, "C", f"must be > 0, got {self.C}")
         check(self.max_iter >= 1, "max_iter", f"must be >= 1, got {self.max_iter}")
-        check(
-            self.class_weight in ("balanced", "none"),
-            "class_weight",
-            f"must be 'balanced' or 'none', got {self.class_weight!r}",
-        )
 
 
 class CodeLinear(LogReg):

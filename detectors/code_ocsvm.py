@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from aigi.core.configtools import check
-from aigi.detectors.base import Detector
+from aigi.detectors.base import Detector, check_input
 from aigi.detectors.logreg import pooled_matrix
 
 if TYPE_CHECKING:
@@ -52,8 +52,7 @@ class CodeOcsvmConfig:
     tol: float = 1e-3
 
     def __post_init__(self) -> None:
-        check(bool(self.feature), "feature", "must name a feature extractor")
-        check(bool(self.column), "column", "must name a feature column")
+        check_input(self)
         check(self.kernel in ("poly", "rbf", "linear", "sigmoid"), "kernel",
               f"must be poly, rbf, linear or sigmoid, got {self.kernel!r}")
         check(0 < self.nu <= 1, "nu", f"must be in (0, 1], got {self.nu}")

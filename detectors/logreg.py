@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from aigi.core.configtools import check
-from aigi.detectors.base import Detector, check_labels
+from aigi.detectors.base import Detector, check_input, check_labels
 
 if TYPE_CHECKING:
     from aigi.detectors.data import FeatureSet
@@ -38,16 +38,10 @@ class LogRegConfig:
     standardize: bool = True
 
     def __post_init__(self) -> None:
-        check(bool(self.feature), "feature", "must name a feature extractor")
-        check(bool(self.column), "column", "must name a feature column")
+        check_input(self)
         check(self.pool >= 1, "pool", f"must be >= 1, got {self.pool}")
         check(self.C > 0, "C", f"must be > 0, got {self.C}")
         check(self.max_iter >= 1, "max_iter", f"must be >= 1, got {self.max_iter}")
-        check(
-            self.class_weight in ("balanced", "none"),
-            "class_weight",
-            f"must be 'balanced' or 'none', got {self.class_weight!r}",
-        )
 
 
 def adaptive_avg_pool2d(x: np.ndarray, size: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from aigi.core.configtools import check
-from aigi.detectors.base import Detector, check_labels
+from aigi.detectors.base import Detector, check_input, check_labels
 from aigi.detectors.logreg import POOL_BATCH, pool_features
 
 if TYPE_CHECKING:
@@ -51,8 +51,7 @@ class MlpConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        check(bool(self.feature), "feature", "must name a feature extractor")
-        check(bool(self.column), "column", "must name a feature column")
+        check_input(self)
         check(self.pool >= 1, "pool", f"must be >= 1, got {self.pool}")
         check(self.hidden >= 1, "hidden", f"must be >= 1, got {self.hidden}")
         check(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
@@ -61,8 +60,6 @@ class MlpConfig:
         check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(self.patience >= 1, "patience", f"must be >= 1, got {self.patience}")
-        check(self.class_weight in ("balanced", "none"), "class_weight",
-              f"must be 'balanced' or 'none', got {self.class_weight!r}")
         check(bool(self.device), "device", "must name a device ('auto', 'cpu', 'cuda:0', ...)")
 
 
