@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -20,6 +21,7 @@ LIBRARIES = (
 )
 
 
+@functools.cache  # a process's versions and hardware do not change while it runs
 def library_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in LIBRARIES:
@@ -30,6 +32,7 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
+@functools.cache
 def hardware() -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),

@@ -245,7 +245,7 @@ def stage_status(logs: Path) -> list[dict[str, Any]]:
             if not all((logs.parent / o).exists() for o in [u["output"], *u.get("also", [])]):
                 continue
             meta = _meta(out)
-            if meta is None or ("producer" in u and meta["producer"] != u["producer"]):
+            if meta is None or ("producer" in u and meta["producer"] is not None and meta["producer"] != u["producer"]):
                 stale += 1
                 continue
             done.append(u)

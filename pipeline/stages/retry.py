@@ -56,21 +56,16 @@ def raise_if_all_failed(failed: list[dict[str, Any]], n: int) -> None:
         raise ItemsFailed(f"every one of its {n} images failed; the first: {failed[0]['error']}")
 
 
-def failed_items(path: str | Path) -> list[dict[str, Any]]:
-    """The items a finished shard lists as failed (none for a shard written before failures
-    were recorded)."""
-    return list(shard_meta(path)["extra"].get("failed") or [])
-
-
 def retry_units(unit: Unit) -> list[Unit]:
     """For a finished unit whose shard lists failed items: a unit for those items (its payload
     gains `only`: their indices), then (if that one has run and some still failed) one for those,
     and so on."""
     out: list[Unit] = []
     current = unit
-    while Path(current.output).exists() and shard_meta(current.output)["producer"] == current.producer:
-        failed = failed_items(current.output)
-        if not failed:
+    while Path(current.output).exists():
+        meta = shard_meta(current.output)  # one footer read per shard
+        failed = meta["extra"].get("failed") or []
+        if meta["producer"] != current.producer or not failed:
             break
         indices = sorted(f["index"] for f in failed)
         producer = fingerprint([unit.producer, "retry", indices])
